@@ -1,0 +1,186 @@
+"""Residual blocks of He et al. 2015 (Fig. 2, Fig. 5) and their pre-activation form (He et al. 2016).
+
+A block is a branch of convolutions F(x) plus a shortcut: y = relu(F(x) + shortcut(x)). The branch
+is described by a list of `ConvSpec`s, so the basic and bottleneck blocks differ only in that list.
+"""
+
+import dataclasses
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# He et al. 2015 ("Delving deep into rectifiers") normal init; fan-out as torchvision does it.
+HE_NORMAL = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+@dataclasses.dataclass(frozen=True)
+class Layers:
+  """Makes the convolutions and batch norms of one network, all with the same settings.
+
+  Parameters are float32; `dtype` is the computation dtype (bfloat16 for speed).
+  """
+
+  dtype: jnp.dtype
+  bn_momentum: float
+  bn_epsilon: float
+  rngs: nnx.Rngs
+
+  def conv(
+      self, in_channels: int, out_channels: int, kernel: int, stride: int = 1, zero_init: bool = False
+  ) -> nnx.Conv:
+    # Symmetric padding k//2 (not 'SAME', which pads (0, 1) at stride 2) keeps the layers
+    # identical to Caffe's and torchvision's, so their weights load unchanged.
+    pad = kernel // 2
+    return nnx.Conv(
+        in_channels,
+        out_channels,
+        kernel_size=(kernel, kernel),
+        strides=stride,
+        padding=((pad, pad), (pad, pad)),
+        use_bias=False,  # BN follows (or precedes) every convolution, so a bias is redundant.
+        kernel_init=nnx.initializers.zeros_init() if zero_init else HE_NORMAL,
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
+        rngs=self.rngs,
+    )
+
+  def norm(self, channels: int, zero_init: bool = False) -> nnx.BatchNorm:
+    return nnx.BatchNorm(
+        channels,
+        momentum=self.bn_momentum,
+        epsilon=self.bn_epsilon,
+        scale_init=nnx.initializers.zeros_init() if zero_init else nnx.initializers.ones_init(),
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
+        rngs=self.rngs,
+    )
+
+  def dense(self, in_features: int, out_features: int) -> nnx.Linear:
+    return nnx.Linear(
+        in_features, out_features, dtype=self.dtype, param_dtype=jnp.float32, rngs=self.rngs
+    )
+
+
+class ConvSpec(NamedTuple):
+  kernel: int
+  channels: int
+  stride: int
+
+
+def basic_branch(width: int, stride: int) -> list[ConvSpec]:
+  """Fig. 5 left: two 3x3 convolutions (ResNet-18/34 and the CIFAR nets)."""
+  return [ConvSpec(3, width, stride), ConvSpec(3, width, 1)]
+
+
+def bottleneck_branch(width: int, stride: int, stride_on_3x3: bool) -> list[ConvSpec]:
+  """Fig. 5 right: a 1x1 reduces to `width`, a 3x3, a 1x1 restores 4 x `width`.
+
+  The paper subsamples with the first 1x1 (v1); torchvision and NVIDIA put the stride on the 3x3
+  ("v1.5"), which costs ~6% more FLOPs and gains ~0.5% top-1.
+  """
+  first, middle = (1, stride) if stride_on_3x3 else (stride, 1)
+  return [ConvSpec(1, width, first), ConvSpec(3, width, middle), ConvSpec(1, 4 * width, 1)]
+
+
+class ParameterFreeShortcut(nnx.Module):
+  """The identity; where the shape changes, subsampling by the stride and zero-padding the new
+  channels (option A, Sec. 3.3). Adds no parameters."""
+
+  def __init__(self, stride: int, extra_channels: int):
+    self.stride = stride
+    self.extra_channels = extra_channels
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x[:, :: self.stride, :: self.stride, :]
+    return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, self.extra_channels)))
+
+
+class ProjectionShortcut(nnx.Module):
+  """W_s x of Eq. 2: a strided 1x1 convolution and BN onto the block's output shape (options B, C)."""
+
+  def __init__(self, in_channels: int, out_channels: int, stride: int, layers: Layers):
+    self.conv = layers.conv(in_channels, out_channels, 1, stride)
+    self.norm = layers.norm(out_channels)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.norm(self.conv(x))
+
+
+SHORTCUT_OPTIONS = ("A", "B", "C")
+
+
+def make_shortcut(
+    option: str, in_channels: int, out_channels: int, stride: int, layers: Layers
+) -> ParameterFreeShortcut | ProjectionShortcut:
+  """Option A: parameter-free everywhere; B: projections only where the shape changes; C: always."""
+  shape_changes = stride != 1 or in_channels != out_channels
+  if option == "C" or (option == "B" and shape_changes):
+    return ProjectionShortcut(in_channels, out_channels, stride, layers)
+  return ParameterFreeShortcut(stride, out_channels - in_channels)
+
+
+class ResidualBlock(nnx.Module):
+  """One residual (or, with `shortcut=None`, plain) block.
+
+  Post-activation (the 2015 paper): conv-BN-ReLU ... conv-BN, add the shortcut, then ReLU.
+  Pre-activation (He et al. 2016, "v2"): BN-ReLU-conv ... BN-ReLU-conv, add the shortcut, no ReLU;
+  a projection shortcut then sees the pre-activated input, as in the authors' code.
+  `zero_init_last` zeroes the last BN scale (or, pre-activation, the last kernel) so that the
+  block starts as its shortcut (Goyal et al. 2017).
+  """
+
+  def __init__(
+      self,
+      in_channels: int,
+      branch: Sequence[ConvSpec],
+      shortcut: str | None,
+      *,
+      preact: bool,
+      zero_init_last: bool,
+      layers: Layers,
+  ):
+    channels = [in_channels] + [spec.channels for spec in branch]
+    last = len(branch) - 1
+    self.preact = preact
+    self.convs = nnx.List([
+        layers.conv(channels[i], spec.channels, spec.kernel, spec.stride,
+                    zero_init=preact and zero_init_last and i == last)
+        for i, spec in enumerate(branch)
+    ])
+    norm_channels = channels[:-1] if preact else channels[1:]
+    self.norms = nnx.List([
+        layers.norm(c, zero_init=not preact and zero_init_last and i == last)
+        for i, c in enumerate(norm_channels)
+    ])
+    stride = 1
+    for spec in branch:
+      stride *= spec.stride
+    self.shortcut = (
+        None if shortcut is None
+        else make_shortcut(shortcut, in_channels, channels[-1], stride, layers)
+    )
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.preact:
+      return self._preact_call(x)
+    y = x
+    for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+      y = norm(conv(y))
+      if i < len(self.convs) - 1:
+        y = nnx.relu(y)
+    if self.shortcut is not None:
+      y = y + self.shortcut(x)
+    return nnx.relu(y)
+
+  def _preact_call(self, x: jax.Array) -> jax.Array:
+    activated = nnx.relu(self.norms[0](x))
+    y = self.convs[0](activated)
+    for conv, norm in zip(self.convs[1:], self.norms[1:]):
+      y = conv(nnx.relu(norm(y)))
+    if self.shortcut is None:
+      return y
+    projects = isinstance(self.shortcut, ProjectionShortcut)
+    return y + self.shortcut(activated if projects else x)

@@ -1,0 +1,213 @@
+"""The networks of He et al. 2015: ImageNet ResNet-18/34/50/101/152 (Table 1), CIFAR ResNet-(6n+2)
+(Sec. 4.2), their plain counterparts, shortcut options A/B/C, and the common variants.
+
+`build_model(config)` is the one entry point; `ModelConfig` lists and checks every option.
+"""
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from resnet_jax.models.blocks import (
+    SHORTCUT_OPTIONS,
+    Layers,
+    ResidualBlock,
+    basic_branch,
+    bottleneck_branch,
+)
+
+# Table 1: (block, blocks per stage) for conv2_x .. conv5_x.
+IMAGENET_STAGES = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+}
+IMAGENET_WIDTHS = (64, 128, 256, 512)
+CIFAR_WIDTHS = (16, 32, 64)  # on 32x32, 16x16 and 8x8 maps
+CIFAR_PAPER_DEPTHS = (20, 32, 44, 56, 110, 1202)
+
+DATASETS = ("imagenet", "cifar")
+VARIANTS = ("v1", "v1.5", "v2")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Every option of the networks; the defaults are the paper's.
+
+  depth: 18/34/50/101/152 for `dataset='imagenet'`; 6n+2 (20, 32, 44, 56, 110, 1202, ...) for 'cifar'.
+  shortcut: 'A' (zero-padding), 'B' (projection where the shape changes) or 'C' (projection
+    everywhere); None takes the paper's choice for the family: B for ImageNet, A for CIFAR.
+  plain: drop every shortcut (the degradation ablation of Table 2 and Fig. 6).
+  variant: 'v1' (the paper: bottleneck stride on the first 1x1), 'v1.5' (stride on the 3x3, as
+    torchvision and NVIDIA), 'v2' (pre-activation blocks of He et al. 2016, stride on the 3x3).
+  zero_init_residual: start each block's last BN scale at zero (Goyal et al. 2017).
+  num_classes: None takes 1000 for ImageNet, 10 for CIFAR.
+  dtype: computation dtype; parameters and BN statistics stay float32.
+  bn_momentum: running averages are m * old + (1 - m) * batch (torchvision's 0.1 is m = 0.9).
+  """
+
+  depth: int = 50
+  dataset: str = "imagenet"
+  shortcut: str | None = None
+  plain: bool = False
+  variant: str = "v1"
+  zero_init_residual: bool = False
+  num_classes: int | None = None
+  input_channels: int = 3
+  dtype: str = "float32"
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+
+  def __post_init__(self):
+    if self.dataset not in DATASETS:
+      raise ValueError(f"unknown dataset family {self.dataset!r}; valid: {_listing(DATASETS)}")
+    if self.dataset == "imagenet" and self.depth not in IMAGENET_STAGES:
+      raise ValueError(
+          f"there is no ImageNet ResNet of depth {self.depth!r}; valid depths: "
+          f"{_listing(IMAGENET_STAGES)} (Table 1)"
+      )
+    if self.dataset == "cifar" and not (
+        isinstance(self.depth, int) and self.depth >= 8 and (self.depth - 2) % 6 == 0
+    ):
+      raise ValueError(
+          f"a CIFAR ResNet has depth 6n+2 with n >= 1 (the paper's: {_listing(CIFAR_PAPER_DEPTHS)});"
+          f" {self.depth!r} is not of that form"
+      )
+    if self.shortcut is None:
+      object.__setattr__(self, "shortcut", "B" if self.dataset == "imagenet" else "A")
+    if self.shortcut not in SHORTCUT_OPTIONS:
+      raise ValueError(f"unknown shortcut option {self.shortcut!r}; valid: {_listing(SHORTCUT_OPTIONS)}")
+    if self.variant not in VARIANTS:
+      raise ValueError(f"unknown variant {self.variant!r}; valid: {_listing(VARIANTS)}")
+    if self.dtype not in DTYPES:
+      raise ValueError(f"unknown dtype {self.dtype!r}; valid: {_listing(DTYPES)}")
+    if self.num_classes is None:
+      object.__setattr__(self, "num_classes", 1000 if self.dataset == "imagenet" else 10)
+    for name in ("num_classes", "input_channels"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    if not 0.0 <= self.bn_momentum < 1.0:
+      raise ValueError(f"bn_momentum must be in [0, 1); got {self.bn_momentum!r}")
+    if not self.bn_epsilon > 0.0:
+      raise ValueError(f"bn_epsilon must be positive; got {self.bn_epsilon!r}")
+
+  @classmethod
+  def from_mapping(cls, fields: Mapping[str, Any]) -> "ModelConfig":
+    """From a dict or an ml_collections ConfigDict; an unknown field is an error, not ignored."""
+    fields = dict(fields.items())
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+      raise ValueError(f"unknown model option(s) {unknown}; valid: {_listing(sorted(known))}")
+    return cls(**fields)
+
+  @property
+  def block(self) -> str:
+    return IMAGENET_STAGES[self.depth][0] if self.dataset == "imagenet" else "basic"
+
+  @property
+  def stage_blocks(self) -> tuple[int, ...]:
+    if self.dataset == "imagenet":
+      return IMAGENET_STAGES[self.depth][1]
+    return ((self.depth - 2) // 6,) * 3
+
+  @property
+  def stage_widths(self) -> tuple[int, ...]:
+    return IMAGENET_WIDTHS if self.dataset == "imagenet" else CIFAR_WIDTHS
+
+  @property
+  def preact(self) -> bool:
+    return self.variant == "v2"
+
+
+def _listing(values) -> str:
+  return ", ".join(repr(v) if isinstance(v, str) else str(v) for v in values)
+
+
+class Stem(nnx.Module):
+  """conv1: a 7x7/2 convolution and a 3x3/2 max pool for ImageNet, one 3x3 convolution for CIFAR.
+
+  Pre-activation nets leave out the stem's BN-ReLU: the first block starts with its own.
+  """
+
+  def __init__(self, config: ModelConfig, layers: Layers):
+    imagenet = config.dataset == "imagenet"
+    width = config.stage_widths[0]
+    self.conv = layers.conv(config.input_channels, width, 7 if imagenet else 3, 2 if imagenet else 1)
+    self.norm = None if config.preact else layers.norm(width)
+    self.max_pool = imagenet
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = self.conv(x)
+    if self.norm is not None:
+      x = nnx.relu(self.norm(x))
+    if self.max_pool:
+      x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    return x
+
+
+class Head(nnx.Module):
+  """Global average pooling and the fully connected classifier; float32 logits.
+
+  Pooling over whatever map arrives lets any input size through (the fully-convolutional
+  multi-scale test). Pre-activation nets first apply the final BN-ReLU.
+  """
+
+  def __init__(self, in_channels: int, config: ModelConfig, layers: Layers):
+    self.norm = layers.norm(in_channels) if config.preact else None
+    self.fc = layers.dense(in_channels, config.num_classes)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.norm is not None:
+      x = nnx.relu(self.norm(x))
+    return self.fc(jnp.mean(x, axis=(1, 2))).astype(jnp.float32)
+
+
+class ResNet(nnx.Module):
+  """stem -> stages (conv2_x, conv3_x, ...) -> head. Inputs are NHWC images."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    layers = Layers(DTYPES[config.dtype], config.bn_momentum, config.bn_epsilon, rngs)
+    self.stem = Stem(config, layers)
+    shortcut = None if config.plain else config.shortcut
+    stages = []
+    in_channels = config.stage_widths[0]
+    for index, (width, num_blocks) in enumerate(zip(config.stage_widths, config.stage_blocks)):
+      blocks = []
+      for block_index in range(num_blocks):
+        # The first block of every stage but the first halves the map (conv3_1, conv4_1, ...).
+        stride = 2 if index > 0 and block_index == 0 else 1
+        if config.block == "basic":
+          branch = basic_branch(width, stride)
+        else:
+          branch = bottleneck_branch(width, stride, stride_on_3x3=config.variant != "v1")
+        blocks.append(ResidualBlock(
+            in_channels, branch, shortcut, preact=config.preact,
+            zero_init_last=config.zero_init_residual, layers=layers,
+        ))
+        in_channels = branch[-1].channels
+      stages.append(nnx.Sequential(*blocks))
+    self.stages = nnx.List(stages)
+    self.head = Head(in_channels, config, layers)
+
+  def __call__(self, images: jax.Array) -> jax.Array:
+    x = self.stem(images)
+    for stage in self.stages:
+      x = stage(x)
+    return self.head(x)
+
+
+def build_model(config: ModelConfig | Mapping[str, Any], *, seed: int = 0) -> ResNet:
+  """Builds any network of the paper from a `ModelConfig`, a dict or an ml_collections ConfigDict."""
+  if not isinstance(config, ModelConfig):
+    config = ModelConfig.from_mapping(config)
+  return ResNet(config, rngs=nnx.Rngs(params=seed))

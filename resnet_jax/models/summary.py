@@ -1,0 +1,165 @@
+"""Per-stage output shapes, parameters and multiply-adds of any network, beside the paper's numbers.
+
+  python -m resnet_jax.models.summary --depth 50
+  python -m resnet_jax.models.summary --dataset cifar --depth 110 --plain
+  python -m resnet_jax.models.summary --depth 18 --parameters   # clu's per-parameter table
+  python -m resnet_jax.models.summary --table                   # the README's model table
+
+Multiply-adds are read off the traced forward pass (nothing is computed), so even ResNet-1202
+summarises in seconds.
+"""
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from clu import parameter_overview
+from flax import nnx
+
+from resnet_jax.models.blocks import SHORTCUT_OPTIONS
+from resnet_jax.models.flops import count_params, module_macs
+from resnet_jax.models.resnet import (
+    CIFAR_PAPER_DEPTHS,
+    DATASETS,
+    DTYPES,
+    IMAGENET_STAGES,
+    VARIANTS,
+    ModelConfig,
+    ResNet,
+    build_model,
+)
+
+# The paper's figures, printed beside ours: Table 1 FLOPs (x 10^9) and Table 6 parameters (M).
+PAPER_IMAGENET_GFLOPS = {18: 1.8, 34: 3.6, 50: 3.8, 101: 7.6, 152: 11.3}
+PAPER_CIFAR_MPARAMS = {20: 0.27, 32: 0.46, 44: 0.66, 56: 0.85, 110: 1.7, 1202: 19.4}
+
+
+@dataclasses.dataclass(frozen=True)
+class StageRow:
+  name: str
+  output_shape: tuple[int, ...]
+  params: int
+  macs: int
+
+
+def default_image_size(config: ModelConfig) -> int:
+  return 224 if config.dataset == "imagenet" else 32
+
+
+def stage_rows(model: ResNet, image_size: int) -> list[StageRow]:
+  """One row per piece of the network (conv1, conv2_x, ..., pool + fc) for a batch of one image."""
+  pieces = [("conv1" + (" + pool" if model.stem.max_pool else ""), model.stem)]
+  pieces += [(f"conv{i + 2}_x", stage) for i, stage in enumerate(model.stages)]
+  pieces.append(("pool + fc", model.head))
+  x = jax.ShapeDtypeStruct((1, image_size, image_size, model.config.input_channels), jnp.float32)
+  rows = []
+  for name, piece in pieces:
+    macs, x = module_macs(piece, x)
+    rows.append(StageRow(name, x.shape[1:], count_params(piece), macs))
+  return rows
+
+
+def paper_figure(config: ModelConfig) -> tuple[str, str] | None:
+  """(table, figure) the paper gives for this exact network, if any."""
+  if config.plain or config.variant != "v1":
+    return None
+  if config.dataset == "imagenet" and config.shortcut == "B":
+    return "Table 1", f"{PAPER_IMAGENET_GFLOPS[config.depth]} x 10^9 FLOPs (multiply-adds)"
+  if config.dataset == "cifar" and config.shortcut == "A" and config.depth in PAPER_CIFAR_MPARAMS:
+    return "Table 6", f"{PAPER_CIFAR_MPARAMS[config.depth]}M parameters"
+  return None
+
+
+def network_name(config: ModelConfig) -> str:
+  family = "ImageNet" if config.dataset == "imagenet" else "CIFAR"
+  return f"{family} {'plain' if config.plain else 'ResNet'}-{config.depth}"
+
+
+def describe(config: ModelConfig) -> str:
+  shortcut = "" if config.plain else f"shortcut {config.shortcut}, "
+  return f"{network_name(config)} ({shortcut}{config.variant}, {config.num_classes} classes, {config.dtype})"
+
+
+def format_summary(model: ResNet, image_size: int) -> str:
+  config = model.config
+  rows = stage_rows(model, image_size)
+  lines = [
+      f"{describe(config)}, input {image_size}x{image_size}x{config.input_channels}",
+      f"{'stage':<12}{'output':>16}{'params':>16}{'multiply-adds':>18}",
+  ]
+  for row in rows:
+    shape = "x".join(map(str, row.output_shape))
+    lines.append(f"{row.name:<12}{shape:>16}{row.params:>16,}{row.macs:>18,}")
+  params, macs = sum(r.params for r in rows), sum(r.macs for r in rows)
+  lines.append(f"{'total':<12}{'':>16}{params:>16,}{macs:>18,}")
+  lines.append(f"= {params / 1e6:.3f}M parameters, {macs / 1e9:.3f} x 10^9 multiply-adds per image")
+  figure = paper_figure(config)
+  if figure:
+    lines.append(f"paper {figure[0]}: {figure[1]}")
+  return "\n".join(lines)
+
+
+def model_table() -> str:
+  """The networks of Table 1 (option B) and Table 6 (option A), as a markdown table."""
+  configs = [ModelConfig(depth=d, dataset="imagenet") for d in IMAGENET_STAGES]
+  configs += [ModelConfig(depth=d, dataset="cifar") for d in CIFAR_PAPER_DEPTHS]
+  lines = [
+      "| network | block | blocks per stage | params | multiply-adds | paper |",
+      "|---|---|---|---|---|---|",
+  ]
+  for config in configs:
+    size = default_image_size(config)
+    rows = stage_rows(build_model(config), size)
+    params, macs = sum(r.params for r in rows), sum(r.macs for r in rows)
+    blocks = "/".join(map(str, config.stage_blocks))
+    lines.append(
+        f"| {network_name(config)} ({config.shortcut}) | {config.block} | {blocks} | {params:,} "
+        f"| {macs / 1e9:.3f} G at {size}x{size} | {paper_figure(config)[1]} |"
+    )
+  return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--depth", type=int, default=50)
+  parser.add_argument("--dataset", choices=DATASETS, default="imagenet")
+  parser.add_argument("--shortcut", choices=SHORTCUT_OPTIONS, default=None,
+                      help="default: B for imagenet, A for cifar (the paper's)")
+  parser.add_argument("--plain", action="store_true", help="no shortcuts (the degradation ablation)")
+  parser.add_argument("--variant", choices=VARIANTS, default="v1")
+  parser.add_argument("--num-classes", type=int, default=None)
+  parser.add_argument("--input-channels", type=int, default=3)
+  parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
+  parser.add_argument("--image-size", type=int, default=None, help="default: 224 imagenet, 32 cifar")
+  parser.add_argument("--parameters", action="store_true", help="also print every parameter (clu)")
+  parser.add_argument("--table", action="store_true", help="print the table of all paper networks")
+  return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  if args.table:
+    print(model_table())
+    return 0
+  try:
+    config = ModelConfig(
+        depth=args.depth, dataset=args.dataset, shortcut=args.shortcut, plain=args.plain,
+        variant=args.variant, num_classes=args.num_classes, input_channels=args.input_channels,
+        dtype=args.dtype,
+    )
+  except ValueError as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+  model = build_model(config)
+  print(format_summary(model, args.image_size or default_image_size(config)))
+  if args.parameters:
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    print(parameter_overview.get_parameter_overview(params, include_stats=False))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
