@@ -20,14 +20,15 @@ def _jaxlib_version() -> tuple[int, ...]:
 
 
 def _avoid_jaxlib_cpu_miscompile() -> None:
-  """Turns off XLA:CPU's YNN fusions, which return wrong numbers in jaxlib 0.10.2 and 0.11.
+  """Turns off XLA:CPU's YNN fusions, which return wrong numbers in jaxlib 0.10.2.
 
   Upstream jax issues 39103 (wrong sums after a vmapped matmul) and 39257 (crashes); with the
   fusions off, small CNNs also train ~2x faster on CPU. XLA reads XLA_FLAGS when the first
-  backend starts, so this must run before any array is created; an unknown flag aborts XLA, so
-  it is set only for the jaxlib versions known to have it. An explicit user setting is kept.
+  backend starts, so this must run before any array is created. An unknown flag aborts XLA, so
+  it is set only for the jaxlib versions pyproject.toml admits, where it was checked. An explicit
+  user setting is kept.
   """
-  if not (0, 10, 2) <= _jaxlib_version() < (0, 12):
+  if not (0, 10, 2) <= _jaxlib_version() < (0, 11):
     return
   flags = os.environ.get("XLA_FLAGS", "")
   if "xla_cpu_experimental_ynn_fusion_type" in flags:

@@ -47,7 +47,8 @@ class ModelConfig:
   plain: drop every shortcut (the degradation ablation of Table 2 and Fig. 6).
   variant: 'v1' (the paper: bottleneck stride on the first 1x1), 'v1.5' (stride on the 3x3, as
     torchvision and NVIDIA), 'v2' (pre-activation blocks of He et al. 2016, stride on the 3x3).
-  zero_init_residual: start each block's last BN scale at zero (Goyal et al. 2017).
+  zero_init_residual: start each block's last BN scale (v2: its last kernel) at zero, so every
+    block starts as its shortcut (Goyal et al. 2017).
   num_classes: None takes 1000 for ImageNet, 10 for CIFAR.
   dtype: computation dtype; parameters and BN statistics stay float32.
   bn_momentum: running averages are m * old + (1 - m) * batch (torchvision's 0.1 is m = 0.9).
