@@ -28,7 +28,8 @@ def _avoid_jaxlib_cpu_miscompile() -> None:
   it is set only for the jaxlib versions pyproject.toml admits, where it was checked. An explicit
   user setting is kept.
   """
-  if not (0, 10, 2) <= _jaxlib_version() < (0, 11):
+  version = _jaxlib_version()
+  if not (0, 10, 2) <= version < (0, 11):
     return
   flags = os.environ.get("XLA_FLAGS", "")
   if "xla_cpu_experimental_ynn_fusion_type" in flags:
@@ -37,7 +38,7 @@ def _avoid_jaxlib_cpu_miscompile() -> None:
   if xla_bridge is not None and xla_bridge.backends_are_initialized():
     warnings.warn(
         "JAX started before resnet_jax was imported, so the CPU work-around for jaxlib "
-        f"{'.'.join(map(str, _jaxlib_version()))} could not be applied and CPU results may be "
+        f"{'.'.join(map(str, version))} could not be applied and CPU results may be "
         f"wrong. Import resnet_jax first, or set XLA_FLAGS={_YNN_FLAG}",
         RuntimeWarning,
         stacklevel=2,

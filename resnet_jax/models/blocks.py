@@ -5,6 +5,7 @@ is described by a list of `ConvSpec`s, so the basic and bottleneck blocks differ
 """
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -155,9 +156,7 @@ class ResidualBlock(nnx.Module):
         layers.norm(c, zero_init=not preact and zero_init_last and i == last)
         for i, c in enumerate(norm_channels)
     ])
-    stride = 1
-    for spec in branch:
-      stride *= spec.stride
+    stride = math.prod(spec.stride for spec in branch)
     self.shortcut = (
         None if shortcut is None
         else make_shortcut(shortcut, in_channels, channels[-1], stride, layers)

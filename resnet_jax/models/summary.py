@@ -62,6 +62,11 @@ def stage_rows(model: ResNet, image_size: int) -> list[StageRow]:
   return rows
 
 
+def totals(rows: list[StageRow]) -> tuple[int, int]:
+  """(parameters, multiply-adds) of the whole network."""
+  return sum(r.params for r in rows), sum(r.macs for r in rows)
+
+
 def paper_figure(config: ModelConfig) -> tuple[str, str] | None:
   """(table, figure) the paper gives for this exact network, if any."""
   if config.plain or config.variant != "v1":
@@ -93,7 +98,7 @@ def format_summary(model: ResNet, image_size: int) -> str:
   for row in rows:
     shape = "x".join(map(str, row.output_shape))
     lines.append(f"{row.name:<12}{shape:>16}{row.params:>16,}{row.macs:>18,}")
-  params, macs = sum(r.params for r in rows), sum(r.macs for r in rows)
+  params, macs = totals(rows)
   lines.append(f"{'total':<12}{'':>16}{params:>16,}{macs:>18,}")
   lines.append(f"= {params / 1e6:.3f}M parameters, {macs / 1e9:.3f} x 10^9 multiply-adds per image")
   figure = paper_figure(config)
@@ -112,8 +117,7 @@ def model_table() -> str:
   ]
   for config in configs:
     size = default_image_size(config)
-    rows = stage_rows(build_model(config), size)
-    params, macs = sum(r.params for r in rows), sum(r.macs for r in rows)
+    params, macs = totals(stage_rows(build_model(config), size))
     blocks = "/".join(map(str, config.stage_blocks))
     lines.append(
         f"| {network_name(config)} ({config.shortcut}) | {config.block} | {blocks} | {params:,} "
