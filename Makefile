@@ -17,16 +17,18 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
 	touch $@
 
+# Trains ResNet-20 on the bundled MNIST digits; rerunning resumes (DEMO_DIR= to start elsewhere).
+DEMO_DIR ?= runs/demo
 demo: $(VENV)/.installed
-	$(PY) -m resnet_jax.models.summary --dataset cifar --depth 20
-	$(PY) -m resnet_jax.models.summary --dataset imagenet --depth 50
+	$(PY) -m resnet_jax.models.summary --dataset cifar --depth 20 --input-channels 1
+	$(PY) -m resnet_jax.main --config=configs/mnist_demo.py --workdir=$(DEMO_DIR)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -n $(PYTEST_WORKERS) tests
 
 # Regenerate the lock after changing dependencies in pyproject.toml.
 lock: $(VENV)/.installed
-	$(VENV)/bin/uv pip compile pyproject.toml --extra test --universal --python-version 3.11 -o requirements.lock
+	$(VENV)/bin/uv pip compile pyproject.toml --extra test --extra demo --universal --python-version 3.11 -o requirements.lock
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache runs

@@ -140,7 +140,7 @@ def test_bottleneck_option_b_projects_where_channels_grow_without_stride():
 
 
 def make_block(kind: str, stride: int, option: str, preact: bool) -> ResidualBlock:
-  layers = Layers(jnp.float32, 0.9, 1e-5, nnx.Rngs(0))
+  layers = Layers(jnp.float32, 0.9, 1e-5, 0, nnx.Rngs(0))
   in_channels, branch = {
       "basic": (16, basic_branch(32 if stride == 2 else 16, stride)),
       "bottleneck": (64, bottleneck_branch(16, stride, stride_on_3x3=False)),

@@ -27,6 +27,7 @@ class Layers:
   dtype: jnp.dtype
   bn_momentum: float
   bn_epsilon: float
+  bn_group_size: int
   rngs: nnx.Rngs
 
   def conv(
@@ -48,9 +49,10 @@ class Layers:
         rngs=self.rngs,
     )
 
-  def norm(self, channels: int, zero_init: bool = False) -> nnx.BatchNorm:
-    return nnx.BatchNorm(
+  def norm(self, channels: int, zero_init: bool = False) -> "BatchNorm":
+    return BatchNorm(
         channels,
+        group_size=self.bn_group_size,
         momentum=self.bn_momentum,
         epsilon=self.bn_epsilon,
         scale_init=nnx.initializers.zeros_init() if zero_init else nnx.initializers.ones_init(),
@@ -63,6 +65,35 @@ class Layers:
     return nnx.Linear(
         in_features, out_features, dtype=self.dtype, param_dtype=jnp.float32, rngs=self.rngs
     )
+
+
+class BatchNorm(nnx.BatchNorm):
+  """Batch norm whose training statistics come from groups of `group_size` consecutive examples.
+
+  group_size 0 normalises over the whole (global, cross-device) batch. A group size k reproduces
+  per-worker BN of a given size (the paper's 32 per GPU; Goyal et al.'s BN-size study) on any
+  number of devices. Running averages take the mean of the groups' statistics.
+  """
+
+  def __init__(self, num_features: int, *, group_size: int = 0, **kwargs):
+    super().__init__(num_features, **kwargs)
+    self.group_size = group_size
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.use_running_average or not self.group_size:
+      return super().__call__(x)
+    if x.shape[0] % self.group_size:
+      raise ValueError(f"batch of {x.shape[0]} does not split into BN groups of {self.group_size}")
+    groups = x.astype(jnp.float32).reshape(-1, self.group_size, *x.shape[1:])
+    axes = tuple(range(1, groups.ndim - 1))
+    mean = groups.mean(axes, keepdims=True)
+    var = jnp.maximum((groups * groups).mean(axes, keepdims=True) - mean * mean, 0.0)
+    m = self.momentum
+    all_groups = (0,) + axes
+    self.mean[...] = jax.lax.stop_gradient(m * self.mean[...] + (1 - m) * mean.mean(all_groups).ravel())
+    self.var[...] = jax.lax.stop_gradient(m * self.var[...] + (1 - m) * var.mean(all_groups).ravel())
+    y = (groups - mean) * jax.lax.rsqrt(var + self.epsilon) * self.scale[...] + self.bias[...]
+    return y.reshape(x.shape).astype(self.dtype or x.dtype)
 
 
 class ConvSpec(NamedTuple):

@@ -52,6 +52,8 @@ class ModelConfig:
   num_classes: None takes 1000 for ImageNet, 10 for CIFAR.
   dtype: computation dtype; parameters and BN statistics stay float32.
   bn_momentum: running averages are m * old + (1 - m) * batch (torchvision's 0.1 is m = 0.9).
+  bn_group_size: 0 computes training BN statistics over the whole global batch (cross-replica BN);
+    k computes them over groups of k consecutive examples (the paper's 32 per GPU).
   """
 
   depth: int = 50
@@ -65,6 +67,7 @@ class ModelConfig:
   dtype: str = "float32"
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
+  bn_group_size: int = 0
 
   def __post_init__(self):
     if self.dataset not in DATASETS:
@@ -99,6 +102,10 @@ class ModelConfig:
       raise ValueError(f"bn_momentum must be in [0, 1); got {self.bn_momentum!r}")
     if not self.bn_epsilon > 0.0:
       raise ValueError(f"bn_epsilon must be positive; got {self.bn_epsilon!r}")
+    if not isinstance(self.bn_group_size, int) or self.bn_group_size < 0:
+      raise ValueError(
+          f"bn_group_size must be 0 (whole batch) or a positive group size; got {self.bn_group_size!r}"
+      )
 
   @classmethod
   def from_mapping(cls, fields: Mapping[str, Any]) -> "ModelConfig":
@@ -177,7 +184,9 @@ class ResNet(nnx.Module):
 
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
     self.config = config
-    layers = Layers(DTYPES[config.dtype], config.bn_momentum, config.bn_epsilon, rngs)
+    layers = Layers(
+        DTYPES[config.dtype], config.bn_momentum, config.bn_epsilon, config.bn_group_size, rngs
+    )
     self.stem = Stem(config, layers)
     shortcut = None if config.plain else config.shortcut
     stages = []

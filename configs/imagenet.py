@@ -1,0 +1,40 @@
+"""ImageNet ResNet-18/34/50/101/152 and plain-18/34 of Sec. 3.4 (Tables 2-4).
+
+  python -m resnet_jax.main --config=configs/imagenet.py:depth=50 --workdir=runs/imagenet_resnet50
+  python -m resnet_jax.main --config=configs/imagenet.py:depth=34,shortcut=A --workdir=runs/r34a
+  python -m resnet_jax.main --config=configs/imagenet.py:depth=34,plain=True --workdir=runs/plain34
+
+Arguments: depth (18/34/50/101/152, default 50), shortcut ('B'), plain (False), variant ('v1';
+'v1.5' as torchvision), batch (256), epochs (90), dtype ('float32' or 'bfloat16').
+Recipe: SGD momentum 0.9, weight decay 1e-4, batch 256, lr 0.1 x batch / 256, divided by 10 at
+epochs 30 and 60 of 90 (the paper divides on plateaus; --config.schedule.boundaries=...), label
+smoothing 0. Beyond the paper: --config.schedule.warmup=5 (Goyal et al.'s gradual warmup, epochs),
+--config.schedule.decay=cosine, --config.optimizer.name=lars, --config.label_smoothing=0.1,
+--config.ema_decay=0.9999.
+Should reach (10-crop top-1/top-5 error %, Table 3): plain-34 28.54/10.02, ResNet-34 A 25.03/7.76,
+B 24.52/7.46, C 24.19/7.40, ResNet-50 22.85/6.71, -101 21.75/6.05, -152 21.43/5.71; Table 2 (A):
+plain-18 27.94, ResNet-18 27.88. Center-crop top-1 of torchvision's 90-epoch v1.5 recipe: ResNet-50 76.13.
+Needs ILSVRC2012 prepared with tfds (imagenet2012, from the manual tar files) and the streaming
+input pipeline; the in-memory loader refuses it with a message saying so.
+"""
+
+from resnet_jax.config import base_config, parse_arguments
+
+DEFAULTS = dict(depth=50, shortcut="B", plain=False, variant="v1", batch=256, epochs=90, dtype="float32")
+
+
+def get_config(argument: str | None = None):
+  args = parse_arguments(argument, DEFAULTS)
+  c = base_config()
+  c.model.update(dict(depth=args["depth"], dataset="imagenet", shortcut=args["shortcut"],
+                      plain=args["plain"], variant=args["variant"], num_classes=1000,
+                      dtype=args["dtype"]))
+  c.data.update(dict(source="tfds", name="imagenet2012", train_split="train",
+                     eval_split="validation", normalization="channel_mean_std"))
+  c.batch_size = args["batch"]
+  c.eval_batch_size = 1000
+  c.num_epochs = float(args["epochs"])
+  c.schedule.update(dict(unit="epochs", boundaries=(30.0, 60.0)))
+  c.eval_every_epochs = 1.0
+  c.checkpoint_every_steps = 5_000
+  return c

@@ -1,0 +1,80 @@
+"""The fields every run config has, and the `:key=value` arguments of the config files.
+
+Config files (`configs/*.py`) start from `base_config()` and set the recipe; derived values use
+ml_collections field references, so `--config.batch_size=1024` also rescales the learning rate.
+"""
+
+import ast
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.model = ml_collections.ConfigDict(dict(
+      depth=20, dataset="cifar", shortcut="A", plain=False, variant="v1", zero_init_residual=False,
+      num_classes=10, input_channels=3, dtype="float32", bn_momentum=0.9, bn_epsilon=1e-5,
+      bn_group_size=0,
+  ))
+  c.data = ml_collections.ConfigDict(dict(
+      source="tfds",  # 'tfds' or 'mnist_bundled'
+      name="cifar10",
+      data_dir="",  # '' = tfds's default (TFDS_DATA_DIR or ~/tensorflow_datasets)
+      train_split="train",
+      eval_split="test",
+      augmentation="crop_flip",  # 'none', 'crop' or 'crop_flip'
+      pad=4,
+      normalization="pixel_mean",  # or 'channel_mean_std'
+  ))
+  c.batch_size = 128
+  # Linear scaling: the peak learning rate is base_learning_rate x batch_size / base_batch_size,
+  # unless --config.schedule.learning_rate sets it outright.
+  c.base_learning_rate = 0.1
+  c.base_batch_size = 256
+  c.eval_batch_size = 500
+  c.num_train_steps = 0  # > 0 overrides num_epochs
+  c.num_epochs = 0.0
+  c.schedule = ml_collections.ConfigDict(dict(
+      decay="step", boundaries=(), decay_factor=0.1, unit="steps",
+      warmup=0.0, warmup_kind="linear", warmup_lr=0.0,
+  ))
+  c.schedule.learning_rate = (
+      c.get_ref("base_learning_rate") * c.get_ref("batch_size") / c.get_ref("base_batch_size")
+  )
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name="sgd", momentum=0.9, nesterov=False, weight_decay=1e-4, decay_bn_and_bias=True,
+  ))
+  c.label_smoothing = 0.0
+  c.ema_decay = 0.0  # > 0 keeps an exponential moving average of the weights and evaluates it too
+  c.log_every_steps = 50
+  c.eval_every_epochs = 1.0  # 0 = only at the end
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  c.keep_best = True  # also keep the checkpoint with the best eval top-1
+  c.profile_steps = 0  # > 0 records a profile of that many steps (clu periodic_actions.Profile)
+  return c
+
+
+def parse_arguments(argument: str | None, defaults: dict) -> dict:
+  """'depth=56,plain=True' -> {'depth': 56, 'plain': True}, typed like `defaults`; unknown keys fail."""
+  values = dict(defaults)
+  for item in filter(None, (argument or "").split(",")):
+    key, sep, text = item.partition("=")
+    if not sep or key not in defaults:
+      raise ValueError(f"config argument {item!r} is not key=value with key in {sorted(defaults)}")
+    default = defaults[key]
+    if isinstance(default, str):
+      values[key] = text
+      continue
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    kind = type(default)
+    if kind is float and type(value) is int:
+      value = float(value)
+    if type(value) is not kind:
+      raise ValueError(f"config argument {key}={text!r} should be a {kind.__name__}")
+    values[key] = value
+  return values

@@ -1,0 +1,137 @@
+"""Batches for the trainer: a deterministic, resumable train stream and an exact eval pass.
+
+Order is index-based: the batch drawn at step s is a pure function of (seed, s), namely a slice of
+epoch s // steps_per_epoch's permutation, augmented with randomness seeded by (seed, s). So the
+data position saved in a checkpoint is just the step, a restore skips ahead without reading any
+image, and the global batch is the same whatever the number of processes (each takes its slice).
+"""
+
+import dataclasses
+from collections.abc import Iterator
+
+import jax
+import numpy as np
+
+from resnet_jax.data.sources import ArraySplit
+
+AUGMENTATIONS = ("none", "crop", "crop_flip")
+NORMALIZATIONS = ("pixel_mean", "channel_mean_std")
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalizer:
+  """Subtracts the training set's per-pixel mean (the paper's CIFAR recipe) or standardises per
+  channel; statistics come from the training split only."""
+
+  mean: np.ndarray
+  scale: np.ndarray
+
+  @classmethod
+  def fit(cls, images: np.ndarray, kind: str) -> "Normalizer":
+    pixels = images.astype(np.float64) / 255.0
+    if kind == "pixel_mean":
+      return cls(pixels.mean(0).astype(np.float32), np.ones((1,), np.float32))
+    if kind == "channel_mean_std":
+      return cls(pixels.mean((0, 1, 2)).astype(np.float32), pixels.std((0, 1, 2)).astype(np.float32))
+    raise ValueError(f"unknown normalization {kind!r}; valid: {', '.join(NORMALIZATIONS)}")
+
+  def __call__(self, images: np.ndarray) -> np.ndarray:
+    return (images.astype(np.float32) / 255.0 - self.mean) / self.scale
+
+
+@dataclasses.dataclass(frozen=True)
+class PadCropFlip:
+  """Sec. 4.2: pad `pad` pixels each side, take a random crop of the original size, flip half.
+
+  `draw` samples offsets and flips for a whole global batch, so that every process applies the
+  same ones to its slice, whatever the process count.
+  """
+
+  pad: int
+  flip: bool
+
+  def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+    offsets = rng.integers(0, 2 * self.pad + 1, (n, 2))
+    flips = rng.random(n) < 0.5 if self.flip else np.zeros(n, bool)
+    return np.concatenate([offsets, flips[:, None]], axis=1)
+
+  def apply(self, images: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    _, height, width, _ = images.shape
+    padded = np.pad(images, ((0, 0), (self.pad, self.pad), (self.pad, self.pad), (0, 0)))
+    out = np.empty_like(images)
+    for i, (top, left, flip) in enumerate(draws):
+      crop = padded[i, top:top + height, left:left + width]
+      out[i] = crop[:, ::-1] if flip else crop
+    return out
+
+
+def process_slice(global_size: int) -> slice:
+  """This process's contiguous share of a global batch."""
+  local = global_size // jax.process_count()
+  start = jax.process_index() * local
+  return slice(start, start + local)
+
+
+class TrainBatches(Iterator[dict[str, np.ndarray]]):
+  """An endless stream of this process's slices of the global training batches, from `step` on."""
+
+  def __init__(
+      self,
+      split: ArraySplit,
+      global_batch: int,
+      *,
+      seed: int,
+      augmentation: str,
+      pad: int,
+      normalizer: Normalizer,
+      step: int = 0,
+  ):
+    if augmentation not in AUGMENTATIONS:
+      raise ValueError(f"unknown augmentation {augmentation!r}; valid: {', '.join(AUGMENTATIONS)}")
+    if global_batch > len(split):
+      raise ValueError(f"batch of {global_batch} is larger than the {len(split)} training examples")
+    self.split = split
+    self.global_batch = global_batch
+    self.seed = seed
+    self.augment = None if augmentation == "none" else PadCropFlip(pad, augmentation == "crop_flip")
+    self.normalizer = normalizer
+    self.step = step
+    self.steps_per_epoch = len(split) // global_batch  # each epoch drops its remainder
+    self._epoch, self._order = -1, None
+
+  def state(self) -> dict[str, int]:
+    return {"step": self.step}
+
+  def _permutation(self, epoch: int) -> np.ndarray:
+    if epoch != self._epoch:
+      self._epoch = epoch
+      self._order = np.random.default_rng([self.seed, 0, epoch]).permutation(len(self.split))
+    return self._order
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    epoch, index = divmod(self.step, self.steps_per_epoch)
+    start = index * self.global_batch
+    local = process_slice(self.global_batch)
+    chosen = self._permutation(epoch)[start:start + self.global_batch][local]
+    images = self.split.images[chosen]
+    if self.augment is not None:
+      draws = self.augment.draw(np.random.default_rng([self.seed, 1, self.step]), self.global_batch)
+      images = self.augment.apply(images, draws[local])
+    self.step += 1
+    return {"image": self.normalizer(images), "label": self.split.labels[chosen]}
+
+
+def eval_batches(
+    split: ArraySplit, global_batch: int, normalizer: Normalizer
+) -> Iterator[dict[str, np.ndarray]]:
+  """Every example exactly once: the last global batch is padded and `mask` marks real examples."""
+  local = process_slice(global_batch)
+  for start in range(0, len(split), global_batch):
+    positions = np.arange(start, start + global_batch)[local]
+    real = positions < len(split)
+    index = np.where(real, positions, 0)
+    yield {
+        "image": normalizer(split.images[index]),
+        "label": split.labels[index],
+        "mask": real.astype(np.float32),
+    }

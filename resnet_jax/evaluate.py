@@ -1,0 +1,133 @@
+"""Evaluation: every example of the eval split exactly once (the last batch padded and masked),
+top-1/top-5 accuracy and error. As a command, scores a run's checkpoint and writes a JSON record:
+
+  python -m resnet_jax.evaluate --config=configs/cifar10.py:depth=20 --workdir=DIR [--step=N]
+"""
+
+import datetime
+import functools
+import json
+import pathlib
+import platform
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from resnet_jax import data, sharding
+from resnet_jax.reporting import fetch
+
+SYNC_EVERY = 8  # read results at least this often (see reporting.fetch)
+
+
+def correct_top_k(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+  k = min(k, logits.shape[-1])
+  return jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1).astype(jnp.float32)
+
+
+def eval_step(params: Any, batch_stats: Any, batch: dict, *, graphdef: nnx.GraphDef) -> dict:
+  """Sums over the real (mask = 1) examples of one global batch."""
+  logits = nnx.merge(graphdef, params, batch_stats)(batch["image"])
+  mask = batch["mask"]
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+  return {
+      "count": mask.sum(),
+      "loss": (loss * mask).sum(),
+      "top1": (correct_top_k(logits, batch["label"], 1) * mask).sum(),
+      "top5": (correct_top_k(logits, batch["label"], 5) * mask).sum(),
+  }
+
+
+def evaluate(experiment: Any, params: Any, batch_stats: Any) -> dict[str, float]:
+  """Scores the whole eval split; returns accuracies, errors (in %) and the count scored."""
+  step = jax.jit(functools.partial(eval_step, graphdef=experiment.eval_graphdef))
+  batches = data.eval_batches(
+      experiment.eval_split, experiment.config.eval_batch_size, experiment.normalizer
+  )
+  totals = {"count": 0.0, "loss": 0.0, "top1": 0.0, "top5": 0.0}
+  pending = []
+  for batch in batches:
+    pending.append(step(params, batch_stats, sharding.global_batch(batch, experiment.mesh)))
+    if len(pending) >= SYNC_EVERY:
+      _accumulate(totals, fetch(pending))
+      pending = []
+  _accumulate(totals, fetch(pending))
+  count = totals["count"]
+  top1, top5 = 100 * totals["top1"] / count, 100 * totals["top5"] / count
+  return {
+      "top1": top1, "top5": top5, "top1_error": 100 - top1, "top5_error": 100 - top5,
+      "loss": totals["loss"] / count, "examples": int(count),
+  }
+
+
+def _accumulate(totals: dict[str, float], sums: list[dict[str, float]]) -> None:
+  for s in sums:
+    for name in totals:
+      totals[name] += s[name]
+
+
+def describe(results: dict[str, float]) -> str:
+  return (
+      f"top-1 {results['top1']:.2f}% (error {results['top1_error']:.2f}%), "
+      f"top-5 {results['top5']:.2f}% (error {results['top5_error']:.2f}%) "
+      f"on {results['examples']:,} examples"
+  )
+
+
+def write_record(workdir: str, step: int, config: Any, results: dict, weights: str = "live") -> pathlib.Path:
+  """A JSON record of one evaluation: what was scored, with which checkpoint, where and when."""
+  record = {
+      "step": step, "weights": weights, "split": config.data.eval_split, "data": config.data.name,
+      "results": results, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+      "hardware": {
+          "platform": jax.default_backend(), "devices": jax.device_count(),
+          "device_kind": jax.devices()[0].device_kind, "processes": jax.process_count(),
+          "host": platform.node(),
+      },
+      "config": config.to_dict(),
+  }
+  path = pathlib.Path(workdir) / "eval" / f"step_{step}_{weights}.json"
+  if jax.process_index() == 0:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+  return path
+
+
+def main(argv: list[str]) -> None:
+  from absl import flags
+
+  from resnet_jax.checkpoint import Checkpoints
+  from resnet_jax.experiment import setup
+
+  del argv
+  FLAGS = flags.FLAGS
+  config, workdir = FLAGS.config, FLAGS.workdir
+  if not (pathlib.Path(workdir) / "checkpoints").is_dir():
+    raise SystemExit(f"error: no checkpoints in {workdir}; train first with python -m resnet_jax.main")
+  experiment = setup(config)
+  checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints, keep_best=config.keep_best)
+  try:
+    state, step, _ = experiment.restore(checkpoints, FLAGS.step)
+  finally:
+    checkpoints.close()
+  if step == 0:
+    raise SystemExit(f"error: no readable checkpoint in {checkpoints.directory}")
+  scored = [("live", state.params)] + ([("ema", state.ema_params)] if state.ema_params else [])
+  for weights, params in scored:
+    results = evaluate(experiment, params, state.batch_stats)
+    path = write_record(workdir, step, config, results, weights)
+    print(f"step {step} ({weights} weights), {config.data.name} {config.data.eval_split}: "
+          f"{describe(results)}; wrote {path}")
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file("config", None, "config file[:arguments]", lock_config=True)
+  flags.DEFINE_string("workdir", None, "the run's directory (holds checkpoints/)")
+  flags.DEFINE_integer("step", None, "checkpoint step to score (default: the newest readable)")
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)

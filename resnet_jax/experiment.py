@@ -1,0 +1,131 @@
+"""What a config turns into, shared by the trainer and the evaluator: the mesh, the data, the
+model's definition and initial state, the schedule and the optimizer."""
+
+import dataclasses
+import logging
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from resnet_jax import data, optim, sharding
+from resnet_jax.checkpoint import Checkpoints
+from resnet_jax.models import ModelConfig, build_model
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training, as plain pytrees (what Orbax saves)."""
+
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  ema_params: Any  # None without an EMA
+
+
+@dataclasses.dataclass
+class Experiment:
+  config: ml_collections.ConfigDict
+  mesh: jax.sharding.Mesh
+  model_config: ModelConfig
+  graphdef: nnx.GraphDef  # the model in training mode
+  eval_graphdef: nnx.GraphDef  # the same model using BN running averages
+  train_split: data.ArraySplit
+  eval_split: data.ArraySplit
+  normalizer: data.Normalizer
+  steps_per_epoch: int
+  total_steps: int
+  schedule: optax.Schedule
+  optimizer: optax.GradientTransformation
+
+  def train_batches(self, step: int) -> data.TrainBatches:
+    d = self.config.data
+    return data.TrainBatches(
+        self.train_split, self.config.batch_size, seed=self.config.seed,
+        augmentation=d.augmentation, pad=d.pad, normalizer=self.normalizer, step=step,
+    )
+
+  def initial_state(self) -> TrainState:
+    model = build_model(self.model_config, seed=self.config.seed)
+    _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    params, batch_stats = nnx.to_pure_dict(params), nnx.to_pure_dict(batch_stats)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+        opt_state=self.optimizer.init(params),
+        ema_params=params if self.config.ema_decay > 0 else None,
+    )
+    return jax.device_put(state, sharding.replicated(self.mesh))
+
+  def abstract_state(self) -> TrainState:
+    """Shapes, dtypes and shardings of the train state, for restoring without building it."""
+    replicated = sharding.replicated(self.mesh)
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+        jax.eval_shape(self.initial_state),
+    )
+
+  def restore(self, checkpoints: Checkpoints, step: int | None = None) -> tuple[TrainState, int, dict]:
+    """The state to continue from: the newest readable checkpoint, or a fresh start."""
+    found = checkpoints.restore(self.abstract_state(), step)
+    if found is None:
+      return self.initial_state(), 0, {"step": 0}
+    step, state, data_state = found
+    if int(state.step) != step or data_state.get("step") != step:
+      raise RuntimeError(f"checkpoint {step} is inconsistent: state step {int(state.step)}, data {data_state}")
+    logging.info("resumed from checkpoint %d in %s", step, checkpoints.directory)
+    return state, step, data_state
+
+
+def setup(config: ml_collections.ConfigDict) -> Experiment:
+  """Checks the config and loads what the run needs; every config error surfaces here, before
+  anything compiles."""
+  sharding.check_global_batch(config.eval_batch_size, "eval_batch_size")
+  sharding.check_global_batch(config.batch_size, "batch_size")
+  model_config = ModelConfig.from_mapping(config.model)
+  if model_config.bn_group_size and config.batch_size % model_config.bn_group_size:
+    raise ValueError(
+        f"batch_size={config.batch_size} does not split into BN groups of "
+        f"model.bn_group_size={model_config.bn_group_size}"
+    )
+  d = config.data
+  data_dir = d.data_dir or None
+  eval_split = data.load_split(d.source, d.name, d.eval_split, data_dir)
+  train_split = data.load_split(d.source, d.name, d.train_split, data_dir)
+  _check_images(model_config, train_split)
+  normalizer = data.Normalizer.fit(train_split.images, d.normalization)
+  model = nnx.eval_shape(lambda: build_model(model_config, seed=config.seed))
+  steps_per_epoch = len(train_split) // config.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"batch_size={config.batch_size} exceeds the {len(train_split)} training examples")
+  total_steps = config.num_train_steps or round(config.num_epochs * steps_per_epoch)
+  if total_steps <= 0:
+    raise ValueError("set num_train_steps or num_epochs to a positive value")
+  schedule = optim.learning_rate_schedule(config.schedule, steps_per_epoch, total_steps)
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  return Experiment(
+      config=config, mesh=sharding.make_mesh(), model_config=model_config,
+      graphdef=nnx.graphdef(model),
+      eval_graphdef=nnx.graphdef(nnx.view(model, use_running_average=True)),
+      train_split=train_split, eval_split=eval_split, normalizer=normalizer,
+      steps_per_epoch=steps_per_epoch, total_steps=total_steps, schedule=schedule,
+      optimizer=optim.make_optimizer(config.optimizer, schedule, params),
+  )
+
+
+def _check_images(model_config: ModelConfig, split: data.ArraySplit) -> None:
+  channels = split.images.shape[-1]
+  if channels != model_config.input_channels:
+    raise ValueError(
+        f"the images have {channels} channel(s) but model.input_channels={model_config.input_channels}"
+    )
+  labels = np.unique(split.labels)
+  if labels.min() < 0 or labels.max() >= model_config.num_classes:
+    raise ValueError(
+        f"labels run {labels.min()}..{labels.max()} but model.num_classes={model_config.num_classes}"
+    )

@@ -1,0 +1,44 @@
+"""Where metrics go: clu writers (TensorBoard event files and log lines) plus a JSON-lines copy for
+scripts, written by process 0 only."""
+
+import json
+import pathlib
+from collections.abc import Mapping
+
+import jax
+import numpy as np
+from clu import metric_writers
+
+
+class Reporter:
+  def __init__(self, workdir: str):
+    self.is_writer = jax.process_index() == 0
+    self.writer = metric_writers.create_default_writer(
+        workdir, just_logging=not self.is_writer, asynchronous=True
+    )
+    self.jsonl = pathlib.Path(workdir) / "metrics.jsonl"
+
+  def scalars(self, step: int, values: Mapping[str, float]) -> None:
+    values = {name: float(value) for name, value in values.items()}
+    self.writer.write_scalars(step, values)
+    if self.is_writer:
+      with self.jsonl.open("a") as f:
+        f.write(json.dumps({"step": step, **values}) + "\n")
+
+  def hparams(self, values: Mapping) -> None:
+    self.writer.write_hparams(values)
+
+  def close(self) -> None:
+    self.writer.flush()
+    self.writer.close()
+
+
+def read_metrics(path: str | pathlib.Path) -> list[dict]:
+  """The JSON-lines copy of a run's metrics, in order."""
+  return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line]
+
+
+def fetch(pending: list[dict]) -> list[dict[str, float]]:
+  """Reads device metrics to the host; reading every few steps bounds the steps in flight (the CPU
+  backend deadlocks with ~30 collective steps queued)."""
+  return [{k: float(np.asarray(v)) for k, v in m.items()} for m in jax.device_get(pending)]

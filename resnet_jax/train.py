@@ -1,0 +1,177 @@
+"""The trainer: one data-parallel loop for every config.
+
+The train step is a pure function of (state, batch), jitted over the device mesh with the state
+replicated and donated and the batch split on the `data` axis. Metrics are read back every few
+steps, which also checks the loss: a checkpoint is only written after every step before it has
+been seen finite.
+"""
+
+import functools
+import logging
+import math
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+from clu import parameter_overview, periodic_actions
+from flax import nnx
+
+from resnet_jax import sharding
+from resnet_jax.checkpoint import Checkpoints, PreemptionWatch
+from resnet_jax.evaluate import correct_top_k, describe, evaluate, write_record
+from resnet_jax.experiment import Experiment, TrainState, setup
+from resnet_jax.reporting import Reporter, fetch
+
+SYNC_EVERY = 10  # read metrics at least this often (see reporting.fetch)
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss became NaN or infinite."""
+
+
+def train_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    label_smoothing: float,
+    ema_decay: float,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  labels = batch["label"]
+
+  def loss_fn(params):
+    model = nnx.merge(graphdef, params, state.batch_stats)
+    logits = model(batch["image"])
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+    loss = optax.softmax_cross_entropy(logits, targets).mean()
+    return loss, (logits, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema_params = state.ema_params
+  if ema_params is not None:
+    ema_params = optax.incremental_update(params, ema_params, 1.0 - ema_decay)
+  metrics = {
+      "loss": loss,
+      "top1": correct_top_k(logits, labels, 1).mean(),
+      "top5": correct_top_k(logits, labels, 5).mean(),
+      "learning_rate": schedule(state.step),
+      "grad_norm": optax.global_norm(grads),
+  }
+  new_state = state.replace(
+      step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
+      ema_params=ema_params,
+  )
+  return new_state, metrics
+
+
+def compile_train_step(experiment: Experiment):
+  config = experiment.config
+  step = functools.partial(
+      train_step, graphdef=experiment.graphdef, optimizer=experiment.optimizer,
+      schedule=experiment.schedule, label_smoothing=config.label_smoothing,
+      ema_decay=config.ema_decay,
+  )
+  replicated = sharding.replicated(experiment.mesh)
+  return jax.jit(step, donate_argnums=0, out_shardings=(replicated, replicated))
+
+
+def _check_finite(metrics: list[dict[str, float]], first_step: int, checkpoints: Checkpoints) -> None:
+  for offset, m in enumerate(metrics):
+    if not math.isfinite(m["loss"]):
+      steps = checkpoints.steps()
+      kept = f"the last good checkpoint (step {steps[-1]}) is intact" if steps else "no checkpoint was written"
+      raise TrainingDiverged(
+          f"loss is {m['loss']} at step {first_step + offset}; training stopped and {kept}. "
+          f"Lower schedule.learning_rate or add warmup, then rerun the same command to resume."
+      )
+
+
+def _mean(window: list[dict[str, float]]) -> dict[str, float]:
+  return {f"train/{k}": float(np.mean([m[k] for m in window])) for k in window[0]}
+
+
+def _evaluate_and_report(experiment, state, step, reporter, workdir) -> dict[str, float]:
+  results = evaluate(experiment, state.params, state.batch_stats)
+  reporter.scalars(step, {f"eval/{k}": v for k, v in results.items()})
+  logging.info("eval at step %d: %s", step, describe(results))
+  if state.ema_params is not None:
+    ema = evaluate(experiment, state.ema_params, state.batch_stats)
+    reporter.scalars(step, {f"eval_ema/{k}": v for k, v in ema.items()})
+    logging.info("eval (EMA weights) at step %d: %s", step, describe(ema))
+  return results
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (or resumes) the run in `workdir`; returns the final eval results."""
+  experiment = setup(config)
+  checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints, keep_best=config.keep_best)
+  reporter = Reporter(workdir)
+  preemption = PreemptionWatch()
+  try:
+    state, start, data_state = experiment.restore(checkpoints)
+    total = experiment.total_steps
+    if start == 0:
+      parameter_overview.log_parameter_overview(state.params)
+      reporter.hparams(_flat(config.to_dict()))
+    logging.info(
+        "training %d steps (%d per epoch), from step %d, on %d device(s) of %s",
+        total, experiment.steps_per_epoch, start, jax.device_count(), jax.default_backend(),
+    )
+    batches = experiment.train_batches(data_state["step"])
+    step_fn = compile_train_step(experiment)
+    eval_every = max(1, round(config.eval_every_epochs * experiment.steps_per_epoch)) if config.eval_every_epochs else 0
+    hooks = []
+    if reporter.is_writer:
+      hooks.append(periodic_actions.ReportProgress(num_train_steps=total, writer=reporter.writer, every_secs=30))
+      if config.profile_steps:
+        hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=config.profile_steps))
+    pending, window, results = [], [], None
+    for done in range(start + 1, total + 1):
+      state, metrics = step_fn(state, sharding.global_batch(next(batches), experiment.mesh))
+      pending.append(metrics)
+      for hook in hooks:
+        hook(done)
+      log_now = done % config.log_every_steps == 0 or done == total
+      eval_now = bool(eval_every) and done % eval_every == 0 or done == total
+      save_now = done % config.checkpoint_every_steps == 0 or done == total or eval_now
+      preempted = preemption.requested(done)
+      if len(pending) >= SYNC_EVERY or log_now or save_now or preempted:
+        fetched = fetch(pending)
+        _check_finite(fetched, done - len(pending) + 1, checkpoints)
+        window += fetched
+        pending = []
+      if log_now and window:
+        reporter.scalars(done, _mean(window))
+        window = []
+      results = _evaluate_and_report(experiment, state, done, reporter, workdir) if eval_now else None
+      if save_now or preempted:
+        checkpoints.save(done, state, batches.state(), metrics={"top1": results["top1"]} if results else None)
+      if preempted:
+        logging.warning("preempted: checkpoint %d saved; run the same command to resume", done)
+        return {"preempted": True, "step": done}
+    if results is None:  # the run was already complete: report its final numbers again
+      results = _evaluate_and_report(experiment, state, total, reporter, workdir)
+    path = write_record(workdir, total, config, results)
+    print(f"final ({total} steps), {config.data.name} {config.data.eval_split}: {describe(results)}")
+    print(f"results: {path}; TensorBoard: tensorboard --logdir {workdir}")
+    return {"preempted": False, "step": total, **results}
+  finally:
+    preemption.restore_handler()
+    checkpoints.close()
+    reporter.close()
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flat(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+  return flat

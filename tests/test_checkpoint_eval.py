@@ -1,0 +1,123 @@
+"""Checkpoint recovery, exact evaluation, grouped BN and config errors, in this process."""
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import load_config
+from resnet_jax.checkpoint import Checkpoints
+from resnet_jax.models import build_model
+from resnet_jax.models.blocks import BatchNorm
+
+
+def test_a_corrupt_latest_checkpoint_is_reported_and_the_one_before_restored(tmp_path, caplog):
+  checkpoints = Checkpoints(str(tmp_path), keep=3, keep_best=False)
+  for step in (2, 4):
+    checkpoints.save(step, {"w": jnp.full((4,), float(step))}, {"step": step})
+  checkpoints.manager.wait_until_finished()
+  abstract = {"w": jax.ShapeDtypeStruct((4,), jnp.float32)}
+  for path in (tmp_path / "checkpoints" / "4" / "state").rglob("*"):
+    if path.is_file():
+      path.write_bytes(b"garbage")
+  with caplog.at_level(logging.ERROR):
+    step, state, data_state = checkpoints.restore(abstract)
+  assert step == 2 and data_state == {"step": 2}
+  np.testing.assert_array_equal(state["w"], np.full((4,), 2.0))
+  assert "checkpoint 4" in caplog.text and "unreadable" in caplog.text
+  with pytest.raises(FileNotFoundError, match="no checkpoint for step 6"):
+    checkpoints.restore(abstract, step=6)
+  checkpoints.close()
+
+
+def test_a_half_written_checkpoint_is_ignored(tmp_path):
+  checkpoints = Checkpoints(str(tmp_path), keep=3, keep_best=False)
+  checkpoints.save(2, {"w": jnp.ones((2,))}, {"step": 2})
+  checkpoints.close()
+  (tmp_path / "checkpoints" / "4.orbax-checkpoint-tmp").mkdir()  # a save killed half way
+  again = Checkpoints(str(tmp_path), keep=3, keep_best=False)
+  step, _, _ = again.restore({"w": jax.ShapeDtypeStruct((2,), jnp.float32)})
+  assert step == 2
+  again.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_experiment():
+  from resnet_jax.experiment import setup
+  config = load_config("mnist_demo", "depth=8,batch=32,steps=10")
+  config.eval_batch_size = 96
+  return setup(config)
+
+
+def test_evaluation_scores_each_example_once_and_matches_a_direct_count(tiny_experiment):
+  from resnet_jax.evaluate import evaluate
+  state = tiny_experiment.initial_state()
+  # Give BN some statistics so that predictions differ between examples.
+  stats = jax.tree.map(lambda x: x + 0.1, state.batch_stats)
+  results = evaluate(tiny_experiment, state.params, stats)
+  split = tiny_experiment.eval_split
+  model = nnx.merge(tiny_experiment.eval_graphdef, state.params, stats)
+  logits = np.asarray(model(jnp.asarray(tiny_experiment.normalizer(split.images))))
+  ranked = np.argsort(-logits, axis=1)
+  assert results["examples"] == len(split) == 1000
+  assert results["top1"] == pytest.approx(100 * np.mean(ranked[:, 0] == split.labels), abs=1e-4)
+  assert results["top5"] == pytest.approx(100 * np.mean((ranked[:, :5] == split.labels[:, None]).any(1)), abs=1e-4)
+  assert results["top1_error"] == pytest.approx(100 - results["top1"])
+
+
+def test_config_errors_are_clear_and_come_before_compiling(monkeypatch):
+  from resnet_jax.experiment import setup
+  config = load_config("mnist_demo", "depth=8")
+  cases = [
+      ("batch_size", 0, "batch_size must be a positive integer"),
+      ("eval_batch_size", -4, "eval_batch_size must be a positive integer"),
+  ]
+  for field, value, message in cases:
+    bad = config.copy_and_resolve_references()
+    bad[field] = value
+    with pytest.raises(ValueError, match=message):
+      setup(bad)
+  bad = config.copy_and_resolve_references()
+  bad.model.depth = 9
+  with pytest.raises(ValueError, match="6n\\+2"):
+    setup(bad)
+  bad = config.copy_and_resolve_references()
+  bad.model.input_channels = 3
+  with pytest.raises(ValueError, match="1 channel"):
+    setup(bad)
+  bad = config.copy_and_resolve_references()
+  bad.model.bn_group_size = 48
+  with pytest.raises(ValueError, match="BN groups"):
+    setup(bad)
+  monkeypatch.setattr(jax, "device_count", lambda: 8)
+  with pytest.raises(ValueError, match="batch_size=100 does not divide evenly over 8 devices"):
+    bad = config.copy_and_resolve_references()
+    bad.batch_size, bad.eval_batch_size = 100, 400
+    setup(bad)
+
+
+def test_grouped_bn_normalises_each_group_by_its_own_statistics():
+  x = jax.random.normal(jax.random.key(0), (8, 3, 3, 4)) * 2 + jnp.arange(8.0)[:, None, None, None]
+  grouped = BatchNorm(4, group_size=4, rngs=nnx.Rngs(0), use_running_average=False)
+  separate = [BatchNorm(4, rngs=nnx.Rngs(0), use_running_average=False) for _ in range(2)]
+  whole = BatchNorm(4, rngs=nnx.Rngs(0), use_running_average=False)
+  y = grouped(x)
+  parts = jnp.concatenate([bn(x[4 * i:4 * i + 4]) for i, bn in enumerate(separate)])
+  np.testing.assert_allclose(y, parts, atol=1e-5)
+  assert not np.allclose(y, whole(x), atol=1e-2)  # the groups' means differ: so must the outputs
+  for name in ("mean", "var"):
+    expected = (getattr(separate[0], name)[...] + getattr(separate[1], name)[...]) / 2
+    np.testing.assert_allclose(getattr(grouped, name)[...], expected, rtol=1e-5)
+  with pytest.raises(ValueError, match="does not split into BN groups of 4"):
+    grouped(x[:6])
+
+
+def test_bn_group_size_reaches_every_norm_of_the_model():
+  model = build_model({"depth": 8, "dataset": "cifar", "bn_group_size": 16})
+  norms = [m for _, m in nnx.iter_graph(model) if isinstance(m, BatchNorm)]
+  assert norms and all(n.group_size == 16 for n in norms)
+  with pytest.raises(ValueError, match="bn_group_size must be 0"):
+    build_model({"depth": 8, "dataset": "cifar", "bn_group_size": -1})

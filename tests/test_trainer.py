@@ -1,0 +1,199 @@
+"""The trainer end to end, as a user runs it: `python -m resnet_jax.main` in a fresh process.
+
+Tiny settings (ResNet-8 on 28x28 MNIST digits, batch 32) keep each run to seconds of training.
+"""
+
+import json
+import math
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).parent.parent
+TINY = "configs/mnist_demo.py:depth=8,batch=32,steps={steps}"
+COMMON = ["--config.eval_batch_size=96", "--config.log_every_steps=1", "--config.eval_every_epochs=0"]
+
+
+def command(module, workdir, steps, *overrides):
+  return [sys.executable, "-m", module, f"--config={TINY.format(steps=steps)}",
+          f"--workdir={workdir}", *COMMON, *overrides]
+
+
+def environment(devices):
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  return env
+
+
+def train(workdir, steps, *overrides, devices=1, module="resnet_jax.main"):
+  return subprocess.run(command(module, workdir, steps, *overrides), cwd=ROOT, env=environment(devices),
+                        capture_output=True, text=True, timeout=400)
+
+
+def start(workdir, steps, *overrides):
+  return subprocess.Popen(command("resnet_jax.main", workdir, steps, *overrides), cwd=ROOT,
+                          env=environment(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def saved_steps(workdir):
+  directory = pathlib.Path(workdir) / "checkpoints"
+  return sorted(int(p.name) for p in directory.glob("*") if p.name.isdigit()) if directory.exists() else []
+
+
+def read_state(workdir, step=None):
+  """A checkpoint's train state on this process's one device, whatever device count wrote it."""
+  import jax
+  import orbax.checkpoint as ocp
+  path = pathlib.Path(workdir).absolute() / "checkpoints" / str(step or saved_steps(workdir)[-1]) / "state"
+  checkpointer = ocp.StandardCheckpointer()
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        checkpointer.metadata(path).item_metadata.tree)
+  return checkpointer.restore(path, target)
+
+
+def losses(workdir):
+  """Loss per step; after a resume the repeated steps' last values count."""
+  by_step = {}
+  for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines():
+    record = json.loads(line)
+    if "train/loss" in record:
+      by_step[record["step"]] = record["train/loss"]
+  return by_step
+
+
+def leaves(tree):
+  import jax
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def wait_for_checkpoint(process, workdir, at_least):
+  deadline = time.time() + 300
+  while time.time() < deadline and process.poll() is None:
+    if any(s >= at_least for s in saved_steps(workdir)):
+      return
+    time.sleep(0.05)
+  raise AssertionError(f"no checkpoint >= {at_least}: {process.communicate()[0][-3000:]}")
+
+
+def test_one_device_and_eight_devices_give_the_same_losses_and_bn_statistics(tmp_path):
+  runs = {}
+  for devices in (1, 8):
+    workdir = tmp_path / f"d{devices}"
+    # A small learning rate keeps float32 reduction-order noise (~1e-7) from growing over the steps.
+    result = train(workdir, 5, "--config.schedule.learning_rate=0.02", "--config.checkpoint_every_steps=1",
+                   "--config.keep_checkpoints=5", devices=devices)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"on {devices} device(s)" in result.stderr
+    runs[devices] = workdir
+  one, eight = losses(runs[1]), losses(runs[8])
+  assert sorted(one) == list(range(1, 6))
+  np.testing.assert_allclose([eight[s] for s in one], [one[s] for s in one], rtol=1e-5)
+  # BN statistics of the same batch from the same weights: global over the 8 devices' shards. (Later
+  # steps drift by more: near-cancelling gradient sums such as BN biases' amplify the noise.)
+  for a, b in zip(leaves(read_state(runs[1], 1)["batch_stats"]), leaves(read_state(runs[8], 1)["batch_stats"])):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+  record = json.loads((runs[8] / "eval" / "step_5_live.json").read_text())
+  assert record["results"]["examples"] == 1000 and record["hardware"]["devices"] == 8  # 1000 = 10 x 96 + 40
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+  """24 uninterrupted steps, checkpoints every 4, evaluations every 5 steps."""
+  workdir = tmp_path_factory.mktemp("straight")
+  result = train(workdir, 24, "--config.checkpoint_every_steps=4", "--config.eval_every_epochs=0.04")
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir, result
+
+
+def assert_same_run(workdir, reference):
+  np.testing.assert_array_equal(np.array(sorted(losses(workdir).items())),
+                                np.array(sorted(losses(reference).items())))
+  for a, b in zip(leaves(read_state(workdir, 24)), leaves(read_state(reference, 24))):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_resume_after_sigkill_at_a_random_step_is_bit_identical(straight_run, tmp_path):
+  reference, _ = straight_run
+  process = start(tmp_path, 24, "--config.checkpoint_every_steps=4", "--config.eval_every_epochs=0.04")
+  wait_for_checkpoint(process, tmp_path, random.choice([4, 8, 12]))
+  time.sleep(random.uniform(0.0, 0.5))
+  process.kill()
+  process.wait()
+  interrupted_at = saved_steps(tmp_path)[-1]
+  assert interrupted_at < 24
+  result = train(tmp_path, 24, "--config.checkpoint_every_steps=4", "--config.eval_every_epochs=0.04")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "resumed from checkpoint" in result.stderr
+  assert_same_run(tmp_path, reference)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly_then_resumes_identically(straight_run, tmp_path):
+  reference, _ = straight_run
+  # Checkpoints only at the end, so the one found after SIGTERM is the preemption's.
+  settings = ["--config.checkpoint_every_steps=1000", "--config.eval_every_epochs=0.04"]
+  process = start(tmp_path, 24, *settings)
+  wait_for_checkpoint(process, tmp_path, 5)  # the first eval checkpoint: training is under way
+  process.send_signal(signal.SIGTERM)
+  output, _ = process.communicate(timeout=120)
+  assert process.returncode == 0, output[-3000:]
+  assert "preempted at step" in output
+  preempted_at = saved_steps(tmp_path)[-1]
+  assert 5 <= preempted_at < 24 and preempted_at % 5, saved_steps(tmp_path)
+  result = train(tmp_path, 24, *settings)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert_same_run(tmp_path, reference)
+
+
+def test_keeps_the_last_checkpoints_and_the_best_by_eval_top1(straight_run):
+  workdir, _ = straight_run
+  evals = {}
+  for line in (workdir / "metrics.jsonl").read_text().splitlines():
+    record = json.loads(line)
+    if "eval/top1" in record:
+      evals[record["step"]] = record["eval/top1"]
+  assert sorted(evals) == [5, 10, 15, 20, 24]
+  best = max(evals, key=lambda s: (evals[s], s))
+  kept = saved_steps(workdir)
+  assert kept[-3:] == [20, 24][-3:] or set([16, 20, 24]) <= set(kept)
+  assert best in kept and len(kept) <= 4, (kept, evals)
+
+
+def test_evaluate_command_scores_the_checkpoint_and_writes_json(straight_run):
+  workdir, result = straight_run
+  evaluated = train(workdir, 24, module="resnet_jax.evaluate")
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  assert "step 24 (live weights)" in evaluated.stdout and "on 1,000 examples" in evaluated.stdout
+  record = json.loads((workdir / "eval" / "step_24_live.json").read_text())
+  final = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines() if "eval/top1" in l][-1]
+  assert record["results"]["top1"] == pytest.approx(final["eval/top1"])
+  assert record["results"]["top1"] + record["results"]["top1_error"] == pytest.approx(100)
+  assert "top-1" in result.stdout and "top-5" in result.stdout
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+  # lr 0.1 for 4 steps, then 1e11: the loss blows up a few steps later.
+  result = train(tmp_path, 30, "--config.checkpoint_every_steps=2", "--config.schedule.boundaries=(4,)",
+                 "--config.schedule.decay_factor=1e12")
+  assert result.returncode == 1
+  message = result.stderr.strip().splitlines()[-1]
+  assert message.startswith("error: loss is") and "at step" in message and "is intact" in message, message
+  bad_step = int(message.split("at step ")[1].split(";")[0])
+  kept = saved_steps(tmp_path)
+  assert kept and kept[-1] < bad_step
+  assert all(np.isfinite(x).all() for x in leaves(read_state(tmp_path)["params"]))
+
+
+def test_a_batch_that_does_not_split_over_the_devices_fails_before_compiling(tmp_path):
+  result = train(tmp_path, 5, "--config.batch_size=36", devices=8)
+  assert result.returncode == 1
+  assert "batch_size=36 does not divide evenly over 8 devices" in result.stderr
+  assert "use a multiple of 8, e.g. 32 or 40" in result.stderr
+  assert not saved_steps(tmp_path)
