@@ -59,8 +59,8 @@ def test_evaluation_scores_each_example_once_and_matches_a_direct_count(tiny_exp
   stats = jax.tree.map(lambda x: x + 0.1, state.batch_stats)
   results = evaluate(tiny_experiment, state.params, stats)
   split = tiny_experiment.eval_split
-  model = nnx.merge(tiny_experiment.eval_graphdef, state.params, stats)
-  logits = np.asarray(model(jnp.asarray(tiny_experiment.normalizer(split.images))))
+  forward = jax.jit(lambda p, s, x: nnx.merge(tiny_experiment.eval_graphdef, p, s)(x))
+  logits = np.asarray(forward(state.params, stats, tiny_experiment.normalizer(split.images)))
   ranked = np.argsort(-logits, axis=1)
   assert results["examples"] == len(split) == 1000
   assert results["top1"] == pytest.approx(100 * np.mean(ranked[:, 0] == split.labels), abs=1e-4)
