@@ -1,0 +1,125 @@
+"""Train augmentations and eval views, as TensorFlow ops on one example.
+
+Randomness is stateless: every random op takes a seed derived from (run seed, step, position in
+the global batch), so an example is augmented the same way on every run, after a resume and
+whatever the number of processes.
+
+Images come out float32 in [0, 255] before normalisation, HWC, 3 channels.
+"""
+
+import tensorflow as tf
+
+# Krizhevsky et al. 2012's "standard color augmentation": PCA of ImageNet's RGB pixels (on a 0-1
+# scale; the values fb.resnet.torch uses).
+IMAGENET_EIGENVALUES = (0.2175, 0.0188, 0.0045)
+IMAGENET_EIGENVECTORS = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
+# Per-channel mean and std of ImageNet's training pixels, 0-255 scale.
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+TRAIN_AUGMENTATIONS = ("paper", "inception", "cifar", "none")
+EVAL_VIEWS = ("center", "10crop")
+
+
+def split_seed(seed: tf.Tensor, count: int) -> list[tf.Tensor]:
+  return tf.unstack(tf.random.experimental.stateless_split(seed, count))
+
+
+def decode(image_bytes: tf.Tensor) -> tf.Tensor:
+  return tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+
+
+def resize_shorter_side(image: tf.Tensor, size: tf.Tensor | int) -> tf.Tensor:
+  """Scales so that the shorter side is `size`, keeping the aspect ratio."""
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  scale = tf.cast(size, tf.float32) / tf.reduce_min(shape)
+  new_shape = tf.cast(tf.round(shape * scale), tf.int32)
+  new_shape = tf.maximum(new_shape, tf.cast(size, tf.int32))  # rounding never drops below `size`
+  return tf.image.resize(tf.cast(image, tf.float32), new_shape, antialias=True)
+
+
+def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  return tf.image.stateless_random_flip_left_right(image, seed)
+
+
+def pca_lighting(image: tf.Tensor, seed: tf.Tensor, std: float) -> tf.Tensor:
+  """Adds eigvec @ (alpha * eigval), alpha ~ N(0, std), the same to every pixel (0-255 scale)."""
+  alpha = tf.random.stateless_normal([3], seed, stddev=std)
+  eigenvectors = tf.constant(IMAGENET_EIGENVECTORS, tf.float32)
+  shift = tf.linalg.matvec(eigenvectors, alpha * tf.constant(IMAGENET_EIGENVALUES)) * 255.0
+  return image + shift
+
+
+def random_scale(seed: tf.Tensor, scale: tuple[int, int]) -> tf.Tensor:
+  """A shorter-side length drawn uniformly from the integers in [scale[0], scale[1]]."""
+  return tf.random.stateless_uniform([], seed, scale[0], scale[1] + 1, dtype=tf.int32)
+
+
+def paper_train(
+    image_bytes: tf.Tensor, seed: tf.Tensor, *, crop: int = 224, scale: tuple[int, int] = (256, 480),
+    lighting_std: float = 0.1,
+) -> tf.Tensor:
+  """Sec. 3.4: shorter side resized to a random length in [256, 480], a random crop, a flip, and
+  PCA lighting noise."""
+  size_seed, crop_seed, flip_seed, light_seed = split_seed(seed, 4)
+  image = resize_shorter_side(decode(image_bytes), random_scale(size_seed, scale))
+  image = tf.image.stateless_random_crop(image, [crop, crop, 3], crop_seed)
+  image = random_flip(image, flip_seed)
+  return pca_lighting(image, light_seed, lighting_std) if lighting_std else image
+
+
+def inception_window(
+    shape: tf.Tensor, seed: tf.Tensor, area: tuple[float, float], aspect: tuple[float, float]
+) -> tf.Tensor:
+  """(top, left, height, width) of a crop covering `area` of the image at an aspect in `aspect`;
+  the whole image when 10 tries find none."""
+  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      shape, tf.zeros([1, 0, 4]), seed, min_object_covered=0.0, aspect_ratio_range=aspect,
+      area_range=area, max_attempts=10, use_image_if_no_bounding_boxes=True,
+  )
+  return tf.stack([begin[0], begin[1], size[0], size[1]])
+
+
+def inception_train(
+    image_bytes: tf.Tensor, seed: tf.Tensor, *, crop: int = 224, area: tuple[float, float] = (0.08, 1.0),
+    aspect: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tf.Tensor:
+  """Random-resized crop (Szegedy et al. 2015), decoding only the crop's part of the JPEG."""
+  box_seed, flip_seed = split_seed(seed, 2)
+  window = inception_window(tf.image.extract_jpeg_shape(image_bytes), box_seed, area, aspect)
+  image = tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
+  image = tf.image.resize(tf.cast(image, tf.float32), [crop, crop], antialias=True)
+  return random_flip(image, flip_seed)
+
+
+def cifar_train(image: tf.Tensor, seed: tf.Tensor, *, pad: int = 4) -> tf.Tensor:
+  """Sec. 4.2: pad each side, take a random crop of the original size, flip half."""
+  crop_seed, flip_seed = split_seed(seed, 2)
+  shape = tf.shape(image)
+  padded = tf.pad(tf.cast(image, tf.float32), [[pad, pad], [pad, pad], [0, 0]])
+  image = tf.image.stateless_random_crop(padded, shape, crop_seed)
+  return random_flip(image, flip_seed)
+
+
+def center_view(image_bytes: tf.Tensor, *, resize: int = 256, crop: int = 224) -> tf.Tensor:
+  """Shorter side to `resize`, the central crop x crop: one view, shape (1, crop, crop, 3)."""
+  image = resize_shorter_side(decode(image_bytes), resize)
+  return tf.image.resize_with_crop_or_pad(image, crop, crop)[None]
+
+
+def ten_crop_views(image_bytes: tf.Tensor, *, resize: int = 256, crop: int = 224) -> tf.Tensor:
+  """The 4 corner crops, the center crop and their mirror images: shape (10, crop, crop, 3)."""
+  image = resize_shorter_side(decode(image_bytes), resize)
+  height, width = tf.shape(image)[0], tf.shape(image)[1]
+  tops = [0, 0, height - crop, height - crop, (height - crop) // 2]
+  lefts = [0, width - crop, 0, width - crop, (width - crop) // 2]
+  crops = tf.stack([image[t:t + crop, l:l + crop] for t, l in zip(tops, lefts)])
+  return tf.concat([crops, crops[:, :, ::-1]], axis=0)
+
+
+def normalize(image: tf.Tensor, mean, std) -> tf.Tensor:
+  return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)

@@ -1,0 +1,142 @@
+"""Streaming input for data sets too large for memory (ImageNet): tf.data over random-access sources.
+
+The order is index-based, as for the in-memory batches: position j of global batch s is example
+`index_shuffle(s * B + j within its epoch, key(seed, epoch))`, an O(1) stateless permutation, and
+its augmentation seed is (seed, s * B + j). So the data position in a checkpoint is the step alone:
+a restore starts at step s without reading or buffering anything, and every process computes its
+own slice of the same global batch, whatever the process count. Each process reads only the
+examples of its slices.
+"""
+
+import pathlib
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import tensorflow as tf
+
+# TensorFlow only feeds the input pipeline: keep it off the accelerators JAX uses.
+tf.config.set_visible_devices([], "GPU")
+
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+
+
+class FolderSource:
+  """Images in `root/<split>/<class>/*.JPEG`: class k is the k-th folder name in sorted order (the
+  order tfds and torchvision use, so labels and converted weights agree).
+
+  A flat split folder takes its labels from `label_file`: lines of `<file name> <class name>`.
+  """
+
+  def __init__(self, root: str, split: str, *, label_file: str | None = None):
+    base = pathlib.Path(root)
+    classes = sorted(p.name for p in (base / "train").iterdir() if p.is_dir()) if (base / "train").is_dir() else []
+    folder = base / split
+    if not folder.is_dir():
+      raise FileNotFoundError(
+          f"no folder {folder}; expected {base}/<split>/<class>/*.JPEG (e.g. ImageNet's train/ and val/)"
+      )
+    if label_file:
+      names = dict(line.split()[:2] for line in pathlib.Path(label_file).read_text().splitlines() if line.strip())
+      paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+      missing = [p.name for p in paths if p.name not in names]
+      if missing:
+        raise ValueError(f"{len(missing)} images of {folder} are not in {label_file}, e.g. {missing[0]}")
+      labels = [classes.index(names[p.name]) for p in paths]
+    else:
+      classes = classes or sorted(p.name for p in folder.iterdir() if p.is_dir())
+      paths, labels = [], []
+      for index, name in enumerate(classes):
+        found = sorted(p for p in (folder / name).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        paths += found
+        labels += [index] * len(found)
+    if not paths:
+      raise FileNotFoundError(f"no images in {folder}")
+    self.classes = classes
+    self.paths = np.array([str(p) for p in paths])
+    self.labels = np.array(labels, np.int32)
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def reader(self) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+    paths, labels = tf.constant(self.paths), tf.constant(self.labels)
+    return lambda i: (tf.io.read_file(tf.gather(paths, i)), tf.gather(labels, i))
+
+
+def _local_positions(global_batch: int, process_index: int, process_count: int) -> tuple[int, int]:
+  local = global_batch // process_count
+  return process_index * local, local
+
+
+def train_stream(
+    source,
+    global_batch: int,
+    augment: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
+    *,
+    seed: int,
+    step: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    prefetch: int = 2,
+) -> Iterator[dict[str, np.ndarray]]:
+  """This process's slices of the global training batches, from `step` on, endlessly.
+
+  `augment(image_bytes, seed)` returns one float32 image; every epoch drops its remainder.
+  """
+  n = len(source)
+  steps_per_epoch = n // global_batch
+  if steps_per_epoch == 0:
+    raise ValueError(f"batch of {global_batch} is larger than the {n} training examples")
+  first, local = _local_positions(global_batch, process_index, process_count)
+  read = source.reader()
+
+  def example(position):
+    s, j = position // local, position % local + first
+    epoch = s // steps_per_epoch
+    within = (s % steps_per_epoch) * global_batch + j
+    index = tf.random.experimental.index_shuffle(
+        within, tf.stack([tf.constant(seed, tf.int64), epoch]), n - 1
+    )
+    image_bytes, label = read(index)
+    image = augment(image_bytes, tf.stack([tf.constant(seed, tf.int64), s * global_batch + j]))
+    return {"image": image, "label": label}
+
+  dataset = tf.data.Dataset.range(step * local, np.iinfo(np.int64).max)
+  dataset = dataset.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return iter(tf.data.Dataset.batch(dataset, local, drop_remainder=True).prefetch(prefetch).as_numpy_iterator())
+
+
+def eval_stream(
+    source,
+    global_batch: int,
+    views: Callable[[tf.Tensor], tf.Tensor],
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
+  """Every example once across all processes: the last global batch is padded, `mask` marks the
+  real examples. `views(image_bytes)` returns (V, H, W, C): 1 center crop, or 10 crops."""
+  n = len(source)
+  first, local = _local_positions(global_batch, process_index, process_count)
+  batches = -(-n // global_batch)
+  read = source.reader()
+
+  def example(position):
+    b, j = position // local, position % local + first
+    global_position = b * global_batch + j
+    image_bytes, label = read(tf.minimum(global_position, n - 1))
+    return {"image": views(image_bytes), "label": label,
+            "mask": tf.cast(global_position < n, tf.float32)}
+
+  dataset = tf.data.Dataset.range(batches * local)
+  dataset = dataset.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return iter(dataset.batch(local).prefetch(2).as_numpy_iterator())
+
+
+def views_function(kind: str, resize: int, crop: int) -> Callable[[tf.Tensor], tf.Tensor]:
+  from resnet_jax.data import augment
+  if kind == "center":
+    return lambda image_bytes: augment.center_view(image_bytes, resize=resize, crop=crop)
+  if kind == "10crop":
+    return lambda image_bytes: augment.ten_crop_views(image_bytes, resize=resize, crop=crop)
+  raise ValueError(f"unknown eval view {kind!r}; valid: center, 10crop")

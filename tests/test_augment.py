@@ -1,0 +1,112 @@
+"""The augmentations and eval views: sizes, crops inside the image, flip rate, PCA noise scale."""
+
+import io
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from resnet_jax.data import augment
+
+
+def seed(i):
+  return tf.constant([7, i], tf.int64)
+
+
+def encoded(image: np.ndarray, kind="png") -> tf.Tensor:
+  return tf.io.encode_png(image) if kind == "png" else tf.io.encode_jpeg(image, quality=95)
+
+
+def gradient_image(height, width):
+  rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+  return np.stack([rows * 7 % 256, cols * 11 % 256, (rows * cols) % 256], -1).astype(np.uint8)
+
+
+def find_window(big: np.ndarray, small: np.ndarray):
+  """(top, left, flipped) where `small` equals a window of `big` (or its mirror), else None."""
+  h, w = small.shape[:2]
+  for flipped in (False, True):
+    target = small[:, ::-1] if flipped else small
+    for top in range(big.shape[0] - h + 1):
+      for left in range(big.shape[1] - w + 1):
+        if np.allclose(big[top:top + h, left:left + w], target, atol=1e-3):
+          return top, left, flipped
+  return None
+
+
+def test_scale_augmentation_covers_256_to_480():
+  sizes = np.array([int(augment.random_scale(seed(i), (256, 480))) for i in range(3000)])
+  assert sizes.min() == 256 and sizes.max() == 480
+  assert 350 < sizes.mean() < 385  # uniform: 368
+
+
+def test_paper_crop_is_a_window_of_the_rescaled_image_and_flips_about_half():
+  image = gradient_image(12, 16)
+  flips = 0
+  for i in range(40):
+    out = augment.paper_train(encoded(image), seed(i), crop=8, scale=(10, 14), lighting_std=0.0).numpy()
+    assert out.shape == (8, 8, 3)
+    size_seed = augment.split_seed(seed(i), 4)[0]
+    rescaled = augment.resize_shorter_side(image, augment.random_scale(size_seed, (10, 14))).numpy()
+    found = find_window(rescaled, out)
+    assert found is not None, i
+    flips += found[2]
+  assert 10 <= flips <= 30
+
+
+def test_inception_window_lies_inside_with_the_configured_area_and_aspect():
+  shape = tf.constant([375, 500, 3])
+  areas, aspects = [], []
+  for i in range(300):
+    top, left, height, width = augment.inception_window(shape, seed(i), (0.08, 1.0), (3 / 4, 4 / 3)).numpy()
+    assert top >= 0 and left >= 0 and top + height <= 375 and left + width <= 500
+    areas.append(height * width / (375 * 500))
+    aspects.append(width / height)
+  assert min(areas) >= 0.075 and max(areas) <= 1.0 and np.median(areas) > 0.3
+  assert min(aspects) > 0.72 and max(aspects) < 1.39
+  out = augment.inception_train(encoded(gradient_image(375, 500), "jpeg"), seed(1))
+  assert out.shape == (224, 224, 3)
+
+
+def test_cifar_crop_stays_inside_the_padded_image_and_flips_about_half():
+  image = gradient_image(32, 32)
+  padded = np.pad(image, ((4, 4), (4, 4), (0, 0))).astype(np.float32)
+  flips, offsets = 0, set()
+  for i in range(60):
+    out = augment.cifar_train(tf.constant(image), seed(i)).numpy()
+    top, left, flipped = find_window(padded, out)
+    flips += flipped
+    offsets.add((top, left))
+  assert 18 <= flips <= 42 and len(offsets) > 20
+
+
+def test_pca_lighting_noise_has_mean_zero_and_the_configured_scale_along_each_eigenvector():
+  zero = tf.zeros((1, 1, 3))
+  shifts = np.array([augment.pca_lighting(zero, seed(i), 0.1).numpy().ravel() for i in range(4000)])
+  eigenvectors = np.array(augment.IMAGENET_EIGENVECTORS)
+  coefficients = np.linalg.solve(eigenvectors, shifts.T).T / (np.array(augment.IMAGENET_EIGENVALUES) * 255)
+  np.testing.assert_allclose(coefficients.mean(0), 0, atol=0.01)
+  np.testing.assert_allclose(coefficients.std(0), 0.1, rtol=0.06)
+  # The same shift for every pixel of an image.
+  image = augment.pca_lighting(tf.zeros((4, 5, 3)), seed(3), 0.1).numpy()
+  assert np.allclose(image, image[0, 0])
+
+
+def test_ten_views_are_the_four_corners_the_center_and_their_mirrors():
+  image = gradient_image(20, 30)
+  views = augment.ten_crop_views(encoded(image), resize=20, crop=16).numpy()
+  assert views.shape == (10, 16, 16, 3)
+  full = image.astype(np.float32)  # shorter side already 20: no resampling
+  expected = [full[:16, :16], full[:16, -16:], full[-16:, :16], full[-16:, -16:], full[2:18, 7:23]]
+  for k, crop in enumerate(expected):
+    np.testing.assert_allclose(views[k], crop, atol=1e-3)
+    np.testing.assert_allclose(views[k + 5], crop[:, ::-1], atol=1e-3)
+  center = augment.center_view(encoded(image), resize=20, crop=16).numpy()
+  np.testing.assert_allclose(center[0], expected[4], atol=1e-3)
+
+
+def test_resize_keeps_the_aspect_and_sets_the_shorter_side():
+  out = augment.resize_shorter_side(tf.zeros((375, 500, 3), tf.uint8), 256)
+  assert tuple(out.shape) == (256, 341, 3)
+  out = augment.resize_shorter_side(tf.zeros((500, 375, 3), tf.uint8), 480)
+  assert tuple(out.shape) == (640, 480, 3)

@@ -1,0 +1,89 @@
+"""The streaming pipeline over an image folder: labels, order, resume, process split, eval coverage."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from resnet_jax.data import augment
+from resnet_jax.data.stream import FolderSource, eval_stream, train_stream, views_function
+
+CLASSES = ["n01440764", "n01443537", "n01484850"]  # sorted synset folder names
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+  """root/train/<class>/*.JPEG with 4 images a class, and a flat val/ with a label file."""
+  root = tmp_path_factory.mktemp("imagenet_folder")
+  rng = np.random.default_rng(0)
+  lines = []
+  for k, name in enumerate(CLASSES):
+    (root / "train" / name).mkdir(parents=True)
+    for i in range(4):
+      # The class is readable off the pixel values: 80 x class, plus a little noise.
+      image = (80 * k + rng.integers(0, 8, (30 + 5 * i, 40, 3))).astype(np.uint8)
+      (root / "train" / name / f"{name}_{i}.JPEG").write_bytes(tf.io.encode_jpeg(image, quality=98).numpy())
+  (root / "val").mkdir()
+  for i in range(5):
+    k = i % 3
+    image = np.full((36, 48, 3), 80 * k, np.uint8)
+    (root / "val" / f"ILSVRC2012_val_{i + 1:08d}.JPEG").write_bytes(tf.io.encode_jpeg(image).numpy())
+    lines.append(f"ILSVRC2012_val_{i + 1:08d}.JPEG {CLASSES[k]}")
+  (root / "val_labels.txt").write_text("\n".join(lines) + "\n")
+  return root
+
+
+def crop16(image_bytes, seed):
+  return augment.inception_train(image_bytes, seed, crop=16)
+
+
+def take(iterator, count):
+  return [next(iterator) for _ in range(count)]
+
+
+def test_labels_follow_sorted_class_folders_and_the_label_file(folder):
+  train = FolderSource(str(folder), "train")
+  assert train.classes == CLASSES and len(train) == 12
+  assert train.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+  val = FolderSource(str(folder), "val", label_file=str(folder / "val_labels.txt"))
+  assert val.labels.tolist() == [0, 1, 2, 0, 1]
+  with pytest.raises(FileNotFoundError, match="expected .*<class>"):
+    FolderSource(str(folder), "test")
+
+
+def test_same_seed_same_batches_resume_and_epochs_cover_every_example(folder):
+  source = FolderSource(str(folder), "train")
+  first = take(train_stream(source, 4, crop16, seed=1), 6)
+  again = take(train_stream(source, 4, crop16, seed=1), 6)
+  for a, b in zip(first, again):
+    np.testing.assert_array_equal(a["image"], b["image"])
+  resumed = take(train_stream(source, 4, crop16, seed=1, step=4), 2)
+  for a, b in zip(first[4:], resumed):
+    np.testing.assert_array_equal(a["image"], b["image"])
+  identity = lambda image_bytes, seed: tf.cast(tf.image.resize(augment.decode(image_bytes), [8, 8]), tf.float32)
+  epochs = take(train_stream(source, 4, identity, seed=1), 6)
+  for epoch in (epochs[:3], epochs[3:]):
+    reds = np.concatenate([np.rint(b["image"][:, 0, 0, 0] / 80) for b in epoch])
+    labels = np.concatenate([b["label"] for b in epoch])
+    assert sorted(labels.tolist()) == [0] * 4 + [1] * 4 + [2] * 4
+    np.testing.assert_array_equal(reds, labels)  # the image read is the image labelled
+
+
+def test_two_processes_read_the_halves_of_the_same_global_batches(folder):
+  source = FolderSource(str(folder), "train")
+  whole = take(train_stream(source, 4, crop16, seed=2), 5)
+  halves = [take(train_stream(source, 4, crop16, seed=2, process_index=p, process_count=2), 5) for p in (0, 1)]
+  for s in range(5):
+    np.testing.assert_array_equal(np.concatenate([halves[0][s]["image"], halves[1][s]["image"]]), whole[s]["image"])
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_eval_scores_every_example_once_across_processes(folder, processes):
+  source = FolderSource(str(folder), "train")
+  views = views_function("10crop", resize=24, crop=16)
+  seen = []
+  for p in range(processes):
+    for batch in eval_stream(source, 4, views, process_index=p, process_count=processes):
+      assert batch["image"].shape[1:] == (10, 16, 16, 3)
+      seen += [(float(np.rint(img[0, 0, 0, 0])), int(l)) for img, l, m in
+               zip(batch["image"], batch["label"], batch["mask"]) if m]
+  assert len(seen) == 12 and sorted(l for _, l in seen) == source.labels.tolist()
