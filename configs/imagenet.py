@@ -1,8 +1,11 @@
 """ImageNet ResNet-18/34/50/101/152 and plain-18/34 of Sec. 3.4 (Tables 2-4).
 
-  python -m resnet_jax.main --config=configs/imagenet.py:depth=50 --workdir=runs/imagenet_resnet50
-  python -m resnet_jax.main --config=configs/imagenet.py:depth=34,shortcut=A --workdir=runs/r34a
-  python -m resnet_jax.main --config=configs/imagenet.py:depth=34,plain=True --workdir=runs/plain34
+  python -m resnet_jax.main --config=configs/imagenet.py:depth=50 --workdir=runs/imagenet_resnet50 \
+      --config.data.data_dir=/data/imagenet
+  python -m resnet_jax.main --config=configs/imagenet.py:depth=34,shortcut=A --workdir=runs/r34a ...
+  python -m resnet_jax.main --config=configs/imagenet.py:depth=34,plain=True --workdir=runs/plain34 ...
+  python -m resnet_jax.evaluate --config=configs/imagenet.py:depth=50 --workdir=runs/imagenet_resnet50 \
+      --config.data.data_dir=/data/imagenet --config.data.eval_view=10crop
 
 Arguments: depth (18/34/50/101/152, default 50), shortcut ('B'), plain (False), variant ('v1';
 'v1.5' as torchvision), batch (256), epochs (90), dtype ('float32' or 'bfloat16').
@@ -14,8 +17,11 @@ smoothing 0. Beyond the paper: --config.schedule.warmup=5 (Goyal et al.'s gradua
 Should reach (10-crop top-1/top-5 error %, Table 3): plain-34 28.54/10.02, ResNet-34 A 25.03/7.76,
 B 24.52/7.46, C 24.19/7.40, ResNet-50 22.85/6.71, -101 21.75/6.05, -152 21.43/5.71; Table 2 (A):
 plain-18 27.94, ResNet-18 27.88. Center-crop top-1 of torchvision's 90-epoch v1.5 recipe: ResNet-50 76.13.
-Needs ILSVRC2012 prepared with tfds (imagenet2012, from the manual tar files) and the streaming
-input pipeline; the in-memory loader refuses it with a message saying so.
+Data: ILSVRC2012 as an image folder, data_dir/train/<synset>/*.JPEG and data_dir/val/<synset>/*.JPEG
+(or a flat val/ with --config.data.eval_label_file); class k is the k-th synset in sorted order.
+Train views: Sec. 3.4's scale augmentation [256, 480], 224 crop, flip, PCA lighting
+(--config.data.augmentation=inception for the random-resized crop). Eval during training: one center
+crop after resizing to 256; the paper's Table 3 protocol is --config.data.eval_view=10crop.
 """
 
 from resnet_jax.config import base_config, parse_arguments
@@ -29,8 +35,9 @@ def get_config(argument: str | None = None):
   c.model.update(dict(depth=args["depth"], dataset="imagenet", shortcut=args["shortcut"],
                       plain=args["plain"], variant=args["variant"], num_classes=1000,
                       dtype=args["dtype"]))
-  c.data.update(dict(source="tfds", name="imagenet2012", train_split="train",
-                     eval_split="validation", normalization="channel_mean_std"))
+  c.data.update(dict(source="folder", name="imagenet2012", data_dir="", train_split="train",
+                     eval_split="val", augmentation="paper", image_size=224, eval_resize=256,
+                     eval_view="center", normalization="channel_mean_std"))
   c.batch_size = args["batch"]
   c.eval_batch_size = 1000
   c.num_epochs = float(args["epochs"])

@@ -18,14 +18,25 @@ def base_config() -> ml_collections.ConfigDict:
       bn_group_size=0,
   ))
   c.data = ml_collections.ConfigDict(dict(
-      source="tfds",  # 'tfds' or 'mnist_bundled'
+      # In memory: 'tfds' (a small prepared tfds set) or 'mnist_bundled'.
+      # Streamed from disk: 'folder' (data_dir/<split>/<class>/*.JPEG).
+      source="tfds",
       name="cifar10",
-      data_dir="",  # '' = tfds's default (TFDS_DATA_DIR or ~/tensorflow_datasets)
+      data_dir="",  # tfds: '' = its default (TFDS_DATA_DIR or ~/tensorflow_datasets); folder: the root
       train_split="train",
       eval_split="test",
-      augmentation="crop_flip",  # 'none', 'crop' or 'crop_flip'
+      eval_label_file="",  # folder: labels of a flat eval folder, lines '<file> <class folder name>'
+      # In memory: 'none', 'crop' or 'crop_flip' (pad-and-crop, Sec. 4.2).
+      # Streamed: 'paper' (Sec. 3.4 scale augmentation + PCA lighting) or 'inception'.
+      augmentation="crop_flip",
       pad=4,
-      normalization="pixel_mean",  # or 'channel_mean_std'
+      lighting_std=0.1,
+      image_size=224,  # streamed: the train crop and eval crop
+      eval_resize=256,  # streamed: shorter side before the eval crop(s)
+      eval_view="center",  # streamed: 'center' or '10crop'
+      # In memory: 'pixel_mean' or 'channel_mean_std' of the training split; streamed: ImageNet's
+      # 'channel_mean_std' or 'channel_mean'.
+      normalization="pixel_mean",
   ))
   c.batch_size = 128
   # Linear scaling: the peak learning rate is base_learning_rate x batch_size / base_batch_size,

@@ -13,10 +13,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
-from resnet_jax import data, sharding
+from resnet_jax import sharding
 from resnet_jax.reporting import fetch
 
 SYNC_EVERY = 8  # read results at least this often (see reporting.fetch)
@@ -28,24 +27,29 @@ def correct_top_k(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
 
 
 def eval_step(params: Any, batch_stats: Any, batch: dict, *, graphdef: nnx.GraphDef) -> dict:
-  """Sums over the real (mask = 1) examples of one global batch."""
-  logits = nnx.merge(graphdef, params, batch_stats)(batch["image"])
-  mask = batch["mask"]
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+  """Sums over the real (mask = 1) examples of one global batch.
+
+  Images are (batch, views, H, W, C); an example's score is its softmax averaged over the views
+  (1 center crop, or the 10 crops of the paper's Table 3).
+  """
+  images = batch["image"]
+  batch_size, views = images.shape[:2]
+  logits = nnx.merge(graphdef, params, batch_stats)(images.reshape(-1, *images.shape[2:]))
+  scores = jax.nn.softmax(logits).reshape(batch_size, views, -1).mean(axis=1)
+  mask, labels = batch["mask"], batch["label"]
+  loss = -jnp.log(jnp.take_along_axis(scores, labels[:, None], axis=1)[:, 0] + 1e-12)
   return {
       "count": mask.sum(),
       "loss": (loss * mask).sum(),
-      "top1": (correct_top_k(logits, batch["label"], 1) * mask).sum(),
-      "top5": (correct_top_k(logits, batch["label"], 5) * mask).sum(),
+      "top1": (correct_top_k(scores, labels, 1) * mask).sum(),
+      "top5": (correct_top_k(scores, labels, 5) * mask).sum(),
   }
 
 
 def evaluate(experiment: Any, params: Any, batch_stats: Any) -> dict[str, float]:
   """Scores the whole eval split; returns accuracies, errors (in %) and the count scored."""
   step = jax.jit(functools.partial(eval_step, graphdef=experiment.eval_graphdef))
-  batches = data.eval_batches(
-      experiment.eval_split, experiment.config.eval_batch_size, experiment.normalizer
-  )
+  batches = experiment.data.eval_batches()
   totals = {"count": 0.0, "loss": 0.0, "top1": 0.0, "top5": 0.0}
   pending = []
   for batch in batches:

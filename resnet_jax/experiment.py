@@ -13,8 +13,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from resnet_jax import data, optim, sharding
+from resnet_jax import optim, sharding
 from resnet_jax.checkpoint import Checkpoints
+from resnet_jax.data.inputs import Inputs, make_inputs
 from resnet_jax.models import ModelConfig, build_model
 
 
@@ -36,20 +37,11 @@ class Experiment:
   model_config: ModelConfig
   graphdef: nnx.GraphDef  # the model in training mode
   eval_graphdef: nnx.GraphDef  # the same model using BN running averages
-  train_split: data.ArraySplit
-  eval_split: data.ArraySplit
-  normalizer: data.Normalizer
+  data: Inputs
   steps_per_epoch: int
   total_steps: int
   schedule: optax.Schedule
   optimizer: optax.GradientTransformation
-
-  def train_batches(self, step: int) -> data.TrainBatches:
-    d = self.config.data
-    return data.TrainBatches(
-        self.train_split, self.config.batch_size, seed=self.config.seed,
-        augmentation=d.augmentation, pad=d.pad, normalizer=self.normalizer, step=step,
-    )
 
   def initial_state(self) -> TrainState:
     model = build_model(self.model_config, seed=self.config.seed)
@@ -93,16 +85,12 @@ def setup(config: ml_collections.ConfigDict) -> Experiment:
         f"batch_size={config.batch_size} does not split into BN groups of "
         f"model.bn_group_size={model_config.bn_group_size}"
     )
-  d = config.data
-  data_dir = d.data_dir or None
-  eval_split = data.load_split(d.source, d.name, d.eval_split, data_dir)
-  train_split = data.load_split(d.source, d.name, d.train_split, data_dir)
-  _check_images(model_config, train_split)
-  normalizer = data.Normalizer.fit(train_split.images, d.normalization)
+  inputs = make_inputs(config)
+  _check_inputs(model_config, inputs)
   model = nnx.eval_shape(lambda: build_model(model_config, seed=config.seed))
-  steps_per_epoch = len(train_split) // config.batch_size
+  steps_per_epoch = inputs.num_train // config.batch_size
   if steps_per_epoch == 0:
-    raise ValueError(f"batch_size={config.batch_size} exceeds the {len(train_split)} training examples")
+    raise ValueError(f"batch_size={config.batch_size} exceeds the {inputs.num_train} training examples")
   total_steps = config.num_train_steps or round(config.num_epochs * steps_per_epoch)
   if total_steps <= 0:
     raise ValueError("set num_train_steps or num_epochs to a positive value")
@@ -112,19 +100,19 @@ def setup(config: ml_collections.ConfigDict) -> Experiment:
       config=config, mesh=sharding.make_mesh(), model_config=model_config,
       graphdef=nnx.graphdef(model),
       eval_graphdef=nnx.graphdef(nnx.view(model, use_running_average=True)),
-      train_split=train_split, eval_split=eval_split, normalizer=normalizer,
+      data=inputs,
       steps_per_epoch=steps_per_epoch, total_steps=total_steps, schedule=schedule,
       optimizer=optim.make_optimizer(config.optimizer, schedule, params),
   )
 
 
-def _check_images(model_config: ModelConfig, split: data.ArraySplit) -> None:
-  channels = split.images.shape[-1]
+def _check_inputs(model_config: ModelConfig, inputs: Inputs) -> None:
+  channels = inputs.channels
   if channels != model_config.input_channels:
     raise ValueError(
         f"the images have {channels} channel(s) but model.input_channels={model_config.input_channels}"
     )
-  labels = np.unique(split.labels)
+  labels = np.unique(inputs.labels)
   if labels.min() < 0 or labels.max() >= model_config.num_classes:
     raise ValueError(
         f"labels run {labels.min()}..{labels.max()} but model.num_classes={model_config.num_classes}"

@@ -123,7 +123,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "training %d steps (%d per epoch), from step %d, on %d device(s) of %s",
         total, experiment.steps_per_epoch, start, jax.device_count(), jax.default_backend(),
     )
-    batches = experiment.train_batches(data_state["step"])
+    batches = experiment.data.train(data_state["step"])
     step_fn = compile_train_step(experiment)
     eval_every = max(1, round(config.eval_every_epochs * experiment.steps_per_epoch)) if config.eval_every_epochs else 0
     hooks = []

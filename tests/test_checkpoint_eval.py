@@ -10,6 +10,7 @@ from flax import nnx
 
 from conftest import load_config
 from resnet_jax.checkpoint import Checkpoints
+from resnet_jax.data import load_split
 from resnet_jax.models import build_model
 from resnet_jax.models.blocks import BatchNorm
 
@@ -58,11 +59,12 @@ def test_evaluation_scores_each_example_once_and_matches_a_direct_count(tiny_exp
   # Give BN some statistics so that predictions differ between examples.
   stats = jax.tree.map(lambda x: x + 0.1, state.batch_stats)
   results = evaluate(tiny_experiment, state.params, stats)
-  split = tiny_experiment.eval_split
+  split = load_split("mnist_bundled", "mnist", "test")
+  normalized = np.concatenate([b["image"][b["mask"] == 1, 0] for b in tiny_experiment.data.eval_batches()])
   forward = jax.jit(lambda p, s, x: nnx.merge(tiny_experiment.eval_graphdef, p, s)(x))
-  logits = np.asarray(forward(state.params, stats, tiny_experiment.normalizer(split.images)))
+  logits = np.asarray(forward(state.params, stats, normalized))
   ranked = np.argsort(-logits, axis=1)
-  assert results["examples"] == len(split) == 1000
+  assert results["examples"] == len(split) == len(normalized) == 1000
   assert results["top1"] == pytest.approx(100 * np.mean(ranked[:, 0] == split.labels), abs=1e-4)
   assert results["top5"] == pytest.approx(100 * np.mean((ranked[:, :5] == split.labels[:, None]).any(1)), abs=1e-4)
   assert results["top1_error"] == pytest.approx(100 - results["top1"])

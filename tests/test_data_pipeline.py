@@ -75,8 +75,8 @@ def test_eval_scores_every_example_exactly_once(batch):
   split = make_split(n=23)
   seen = []
   for b in eval_batches(split, batch, identity_normalizer()):
-    assert len(b["label"]) == batch
-    seen += np.rint(b["image"][b["mask"] == 1][:, 0, 0, 0]).tolist()
+    assert len(b["label"]) == batch and b["image"].shape[1] == 1  # one view
+    seen += np.rint(b["image"][b["mask"] == 1][:, 0, 0, 0, 0]).tolist()
   assert sorted(seen) == sorted(split.images[:, 0, 0, 0].astype(np.float32).tolist())
 
 

@@ -197,3 +197,28 @@ def test_a_batch_that_does_not_split_over_the_devices_fails_before_compiling(tmp
   assert "batch_size=36 does not divide evenly over 8 devices" in result.stderr
   assert "use a multiple of 8, e.g. 32 or 40" in result.stderr
   assert not saved_steps(tmp_path)
+
+
+def test_imagenet_config_trains_from_an_image_folder_and_scores_ten_crops(tmp_path):
+  import tensorflow as tf
+  rng = np.random.default_rng(0)
+  for split, count in (("train", 6), ("val", 3)):  # 3 classes: 18 train, 9 val images
+    for k, synset in enumerate(["n01", "n02", "n03"]):
+      (tmp_path / "data" / split / synset).mkdir(parents=True)
+      for i in range(count):
+        image = rng.integers(0, 255, (40 + 3 * i, 48, 3), dtype=np.uint8)
+        (tmp_path / "data" / split / synset / f"{i}.JPEG").write_bytes(tf.io.encode_jpeg(image).numpy())
+  command_line = [
+      sys.executable, "-m", "resnet_jax.main", "--config=configs/imagenet.py:depth=18,batch=8",
+      f"--workdir={tmp_path / 'run'}", f"--config.data.data_dir={tmp_path / 'data'}",
+      "--config.data.image_size=32", "--config.data.eval_resize=36", "--config.data.eval_view=10crop",
+      "--config.model.num_classes=3", "--config.eval_batch_size=8", "--config.num_train_steps=4",
+  ]
+  result = subprocess.run(command_line, cwd=ROOT, env=environment(1), capture_output=True, text=True, timeout=400)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "on 9 examples" in result.stdout  # 9 = 8 + 1: the second batch padded
+  assert "training 4 steps (2 per epoch)" in result.stderr
+  missing = subprocess.run(command_line[:4] + [f"--workdir={tmp_path / 'other'}"], cwd=ROOT,
+                           env=environment(1), capture_output=True, text=True, timeout=400)
+  assert missing.returncode == 1
+  assert "set --config.data.data_dir to the folder that holds train/ and val/" in missing.stderr

@@ -124,14 +124,16 @@ class TrainBatches(Iterator[dict[str, np.ndarray]]):
 def eval_batches(
     split: ArraySplit, global_batch: int, normalizer: Normalizer
 ) -> Iterator[dict[str, np.ndarray]]:
-  """Every example exactly once: the last global batch is padded and `mask` marks real examples."""
+  """Every example exactly once: the last global batch is padded and `mask` marks real examples.
+
+  Images come as (batch, 1 view, H, W, C), the layout of multi-view evaluation."""
   local = process_slice(global_batch)
   for start in range(0, len(split), global_batch):
     positions = np.arange(start, start + global_batch)[local]
     real = positions < len(split)
     index = np.where(real, positions, 0)
     yield {
-        "image": normalizer(split.images[index]),
+        "image": normalizer(split.images[index])[:, None],
         "label": split.labels[index],
         "mask": real.astype(np.float32),
     }

@@ -60,6 +60,12 @@ def tfds_in_memory(name: str, split: str, data_dir: str | None = None) -> ArrayS
         f"machine with internet access (`tfds build {name} --data_dir=DIR`), copy DIR here and set "
         f"--config.data.data_dir=DIR (or TFDS_DATA_DIR); training never downloads."
     )
+  shape = builder.info.features["image"].shape
+  if None in shape:
+    raise ValueError(
+        f"{name!r} has images of varying size and is too large to hold in memory; stream it from an "
+        f"image folder instead (--config.data.source=folder --config.data.data_dir=ROOT)"
+    )
   arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, as_supervised=True))
   images, labels = arrays
   return ArraySplit(np.asarray(images, np.uint8), np.asarray(labels, np.int32))

@@ -28,6 +28,8 @@ class FolderSource:
   """
 
   def __init__(self, root: str, split: str, *, label_file: str | None = None):
+    if not root:
+      raise ValueError("set --config.data.data_dir to the folder that holds train/ and val/")
     base = pathlib.Path(root)
     classes = sorted(p.name for p in (base / "train").iterdir() if p.is_dir()) if (base / "train").is_dir() else []
     folder = base / split

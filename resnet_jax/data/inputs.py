@@ -1,0 +1,88 @@
+"""One interface over the two kinds of input: splits held in memory (the bundled digits, small tfds
+sets) and streams read from disk (an ImageNet image folder). The trainer and the evaluator see
+only `Inputs`: train batches from a step, eval batches, and the facts the config is checked against.
+"""
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import numpy as np
+
+from resnet_jax.data.pipeline import Normalizer, TrainBatches, eval_batches
+from resnet_jax.data.sources import load_split
+
+STREAM_SOURCES = ("folder",)
+
+
+class StepCounter(Iterator[dict[str, np.ndarray]]):
+  """Wraps a batch iterator that starts at `step`; its state (the step) is the data position."""
+
+  def __init__(self, batches: Iterator[dict[str, np.ndarray]], step: int):
+    self.batches, self.step = batches, step
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    self.step += 1
+    return next(self.batches)
+
+  def state(self) -> dict[str, int]:
+    return {"step": self.step}
+
+
+@dataclasses.dataclass
+class Inputs:
+  num_train: int
+  channels: int
+  labels: np.ndarray  # the training labels, to check against the model's classes
+  train: Callable[[int], Iterator[dict[str, np.ndarray]]]  # step -> batches with .state()
+  eval_batches: Callable[[], Iterator[dict[str, np.ndarray]]]
+
+
+def make_inputs(config: Any) -> Inputs:
+  """The inputs a run config describes (its `data` fields, batch sizes and seed)."""
+  d = config.data
+  if d.source in STREAM_SOURCES:
+    return _stream_inputs(config)
+  data_dir = d.data_dir or None
+  train_split = load_split(d.source, d.name, d.train_split, data_dir)
+  eval_split = load_split(d.source, d.name, d.eval_split, data_dir)
+  normalizer = Normalizer.fit(train_split.images, d.normalization)
+  return Inputs(
+      num_train=len(train_split), channels=train_split.images.shape[-1], labels=train_split.labels,
+      train=lambda step: TrainBatches(
+          train_split, config.batch_size, seed=config.seed, augmentation=d.augmentation, pad=d.pad,
+          normalizer=normalizer, step=step),
+      eval_batches=lambda: eval_batches(eval_split, config.eval_batch_size, normalizer),
+  )
+
+
+def _stream_inputs(config: Any) -> Inputs:
+  from resnet_jax.data import augment, stream
+
+  d = config.data
+  train_source = stream.FolderSource(d.data_dir, d.train_split)
+  eval_source = stream.FolderSource(d.data_dir, d.eval_split, label_file=d.eval_label_file or None)
+  if d.normalization not in ("channel_mean_std", "channel_mean"):
+    raise ValueError(
+        f"a streamed data set normalises by 'channel_mean_std' or 'channel_mean'; got {d.normalization!r}"
+    )
+  mean = augment.IMAGENET_MEAN
+  std = augment.IMAGENET_STD if d.normalization == "channel_mean_std" else (1.0, 1.0, 1.0)
+  train_augmentations = {
+      "paper": lambda b, s: augment.paper_train(b, s, crop=d.image_size, lighting_std=d.lighting_std),
+      "inception": lambda b, s: augment.inception_train(b, s, crop=d.image_size),
+  }
+  if d.augmentation not in train_augmentations:
+    raise ValueError(f"unknown augmentation {d.augmentation!r} for a streamed data set; valid: paper, inception")
+  train_augment = train_augmentations[d.augmentation]
+  views = stream.views_function(d.eval_view, d.eval_resize, d.image_size)
+  process = dict(process_index=jax.process_index(), process_count=jax.process_count())
+  return Inputs(
+      num_train=len(train_source), channels=3, labels=train_source.labels,
+      train=lambda step: StepCounter(stream.train_stream(
+          train_source, config.batch_size, lambda b, s: augment.normalize(train_augment(b, s), mean, std),
+          seed=config.seed, step=step, **process), step),
+      eval_batches=lambda: stream.eval_stream(
+          eval_source, config.eval_batch_size, lambda b: augment.normalize(views(b), mean, std), **process),
+  )
