@@ -96,7 +96,7 @@ def _mean(window: list[dict[str, float]]) -> dict[str, float]:
   return {f"train/{k}": float(np.mean([m[k] for m in window])) for k in window[0]}
 
 
-def _evaluate_and_report(experiment, state, step, reporter, workdir) -> dict[str, float]:
+def _evaluate_and_report(experiment, state, step, reporter) -> dict[str, float]:
   results = evaluate(experiment, state.params, state.batch_stats)
   reporter.scalars(step, {f"eval/{k}": v for k, v in results.items()})
   logging.info("eval at step %d: %s", step, describe(results))
@@ -149,14 +149,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if log_now and window:
         reporter.scalars(done, _mean(window))
         window = []
-      results = _evaluate_and_report(experiment, state, done, reporter, workdir) if eval_now else None
+      results = _evaluate_and_report(experiment, state, done, reporter) if eval_now else None
       if save_now or preempted:
         checkpoints.save(done, state, batches.state(), metrics={"top1": results["top1"]} if results else None)
       if preempted:
         logging.warning("preempted: checkpoint %d saved; run the same command to resume", done)
         return {"preempted": True, "step": done}
     if results is None:  # the run was already complete: report its final numbers again
-      results = _evaluate_and_report(experiment, state, total, reporter, workdir)
+      results = _evaluate_and_report(experiment, state, total, reporter)
     path = write_record(workdir, total, config, results)
     print(f"final ({total} steps), {config.data.name} {config.data.eval_split}: {describe(results)}")
     print(f"results: {path}; TensorBoard: tensorboard --logdir {workdir}")

@@ -1,9 +1,7 @@
 """The augmentations and eval views: sizes, crops inside the image, flip rate, PCA noise scale."""
 
-import io
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from resnet_jax.data import augment
@@ -41,6 +39,7 @@ def test_scale_augmentation_covers_256_to_480():
 
 
 def test_paper_crop_is_a_window_of_the_rescaled_image_and_flips_about_half():
+  """Flips: 40 draws of a fair coin land in [10, 30] with probability > 0.998."""
   image = gradient_image(12, 16)
   flips = 0
   for i in range(40):
@@ -66,18 +65,6 @@ def test_inception_window_lies_inside_with_the_configured_area_and_aspect():
   assert min(aspects) > 0.72 and max(aspects) < 1.39
   out = augment.inception_train(encoded(gradient_image(375, 500), "jpeg"), seed(1))
   assert out.shape == (224, 224, 3)
-
-
-def test_cifar_crop_stays_inside_the_padded_image_and_flips_about_half():
-  image = gradient_image(32, 32)
-  padded = np.pad(image, ((4, 4), (4, 4), (0, 0))).astype(np.float32)
-  flips, offsets = 0, set()
-  for i in range(60):
-    out = augment.cifar_train(tf.constant(image), seed(i)).numpy()
-    top, left, flipped = find_window(padded, out)
-    flips += flipped
-    offsets.add((top, left))
-  assert 18 <= flips <= 42 and len(offsets) > 20
 
 
 def test_pca_lighting_noise_has_mean_zero_and_the_configured_scale_along_each_eigenvector():

@@ -21,9 +21,6 @@ IMAGENET_EIGENVECTORS = (
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
-TRAIN_AUGMENTATIONS = ("paper", "inception", "cifar", "none")
-EVAL_VIEWS = ("center", "10crop")
-
 
 def split_seed(seed: tf.Tensor, count: int) -> list[tf.Tensor]:
   return tf.unstack(tf.random.experimental.stateless_split(seed, count))
@@ -93,15 +90,6 @@ def inception_train(
   window = inception_window(tf.image.extract_jpeg_shape(image_bytes), box_seed, area, aspect)
   image = tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
   image = tf.image.resize(tf.cast(image, tf.float32), [crop, crop], antialias=True)
-  return random_flip(image, flip_seed)
-
-
-def cifar_train(image: tf.Tensor, seed: tf.Tensor, *, pad: int = 4) -> tf.Tensor:
-  """Sec. 4.2: pad each side, take a random crop of the original size, flip half."""
-  crop_seed, flip_seed = split_seed(seed, 2)
-  shape = tf.shape(image)
-  padded = tf.pad(tf.cast(image, tf.float32), [[pad, pad], [pad, pad], [0, 0]])
-  image = tf.image.stateless_random_crop(padded, shape, crop_seed)
   return random_flip(image, flip_seed)
 
 
