@@ -123,3 +123,28 @@ def test_bn_group_size_reaches_every_norm_of_the_model():
   assert norms and all(n.group_size == 16 for n in norms)
   with pytest.raises(ValueError, match="bn_group_size must be 0"):
     build_model({"depth": 8, "dataset": "cifar", "bn_group_size": -1})
+
+
+def test_train_step_applies_label_smoothing_and_keeps_an_ema_of_the_weights(tiny_experiment):
+  from resnet_jax.sharding import global_batch
+  from resnet_jax.train import train_step
+
+  batch = global_batch(next(tiny_experiment.data.train(0)), tiny_experiment.mesh)
+  state = tiny_experiment.initial_state()
+  state = state.replace(ema_params=jax.tree.map(jnp.zeros_like, state.params))
+  common = dict(graphdef=tiny_experiment.graphdef, optimizer=tiny_experiment.optimizer,
+                schedule=tiny_experiment.schedule)
+  plain, metrics = train_step(state, batch, label_smoothing=0.0, ema_decay=0.75, **common)
+  smoothed, smoothed_metrics = train_step(state, batch, label_smoothing=0.2, ema_decay=0.75, **common)
+  # EMA: 0.75 * old (zeros) + 0.25 * new weights.
+  for ema, new in zip(jax.tree.leaves(plain.ema_params), jax.tree.leaves(plain.params)):
+    np.testing.assert_allclose(ema, 0.25 * new, rtol=1e-6, atol=1e-8)
+  # Smoothed cross-entropy = 0.8 * CE(label) + 0.2 * mean over classes of -log p.
+  logits = nnx.merge(tiny_experiment.graphdef, state.params, state.batch_stats)(batch["image"])
+  log_p = jax.nn.log_softmax(logits)
+  hard = -jnp.take_along_axis(log_p, batch["label"][:, None], 1).mean()
+  expected = 0.8 * hard + 0.2 * (-log_p.mean(1)).mean()
+  assert float(metrics["loss"]) == pytest.approx(float(hard), rel=1e-5)
+  assert float(smoothed_metrics["loss"]) == pytest.approx(float(expected), rel=1e-5)
+  assert float(metrics["learning_rate"]) == pytest.approx(0.025)  # 0.1 x 32 / 128 at step 0
+  assert int(plain.step) == 1 and float(metrics["grad_norm"]) > 0
