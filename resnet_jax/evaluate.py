@@ -46,9 +46,14 @@ def eval_step(params: Any, batch_stats: Any, batch: dict, *, graphdef: nnx.Graph
   }
 
 
+# One jitted function for the whole process: with the (hashable) graphdef static, every periodic
+# evaluation of a run reuses the first one's compilation.
+_compiled_eval_step = jax.jit(eval_step, static_argnames="graphdef")
+
+
 def evaluate(experiment: Any, params: Any, batch_stats: Any) -> dict[str, float]:
   """Scores the whole eval split; returns accuracies, errors (in %) and the count scored."""
-  step = jax.jit(functools.partial(eval_step, graphdef=experiment.eval_graphdef))
+  step = functools.partial(_compiled_eval_step, graphdef=experiment.eval_graphdef)
   batches = experiment.data.eval_batches()
   totals = {"count": 0.0, "loss": 0.0, "top1": 0.0, "top5": 0.0}
   pending = []
