@@ -65,11 +65,13 @@ class PadCropFlip:
     return out
 
 
-def process_slice(global_size: int) -> slice:
-  """This process's contiguous share of a global batch."""
-  local = global_size // jax.process_count()
-  start = jax.process_index() * local
-  return slice(start, start + local)
+def process_slice(
+    global_size: int, process_index: int | None = None, process_count: int | None = None
+) -> slice:
+  """A process's contiguous share of a global batch (by default, this process's)."""
+  index = jax.process_index() if process_index is None else process_index
+  local = global_size // (jax.process_count() if process_count is None else process_count)
+  return slice(index * local, (index + 1) * local)
 
 
 class TrainBatches(Iterator[dict[str, np.ndarray]]):

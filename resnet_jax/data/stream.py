@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import tensorflow as tf
 
+from resnet_jax.data.pipeline import process_slice
+
 # TensorFlow only feeds the input pipeline: keep it off the accelerators JAX uses.
 tf.config.set_visible_devices([], "GPU")
 
@@ -65,11 +67,6 @@ class FolderSource:
     return lambda i: (tf.io.read_file(tf.gather(paths, i)), tf.gather(labels, i))
 
 
-def _local_positions(global_batch: int, process_index: int, process_count: int) -> tuple[int, int]:
-  local = global_batch // process_count
-  return process_index * local, local
-
-
 def train_stream(
     source,
     global_batch: int,
@@ -89,7 +86,8 @@ def train_stream(
   steps_per_epoch = n // global_batch
   if steps_per_epoch == 0:
     raise ValueError(f"batch of {global_batch} is larger than the {n} training examples")
-  first, local = _local_positions(global_batch, process_index, process_count)
+  share = process_slice(global_batch, process_index, process_count)
+  first, local = share.start, share.stop - share.start
   read = source.reader()
 
   def example(position):
@@ -119,7 +117,8 @@ def eval_stream(
   """Every example once across all processes: the last global batch is padded, `mask` marks the
   real examples. `views(image_bytes)` returns (V, H, W, C): 1 center crop, or 10 crops."""
   n = len(source)
-  first, local = _local_positions(global_batch, process_index, process_count)
+  share = process_slice(global_batch, process_index, process_count)
+  first, local = share.start, share.stop - share.start
   batches = -(-n // global_batch)
   read = source.reader()
 
