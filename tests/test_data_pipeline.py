@@ -31,7 +31,7 @@ def test_same_seed_same_batches_and_resume_gives_the_next_batch():
   for expected in drawn:
     got = next(again)
     np.testing.assert_array_equal(got["image"], expected["image"])
-  resumed = batches(split, step=straight.state()["step"] - 2)
+  resumed = batches(split, step=straight.step - 2)
   np.testing.assert_array_equal(next(resumed)["image"], drawn[-2]["image"])
   np.testing.assert_array_equal(next(resumed)["label"], drawn[-1]["label"])
 

@@ -17,7 +17,8 @@ STREAM_SOURCES = ("folder",)
 
 
 class StepCounter(Iterator[dict[str, np.ndarray]]):
-  """Wraps a batch iterator that starts at `step`; its state (the step) is the data position."""
+  """Wraps a batch iterator that starts at `step`; its state (the step) is the data position that
+  checkpoints save, for every kind of input."""
 
   def __init__(self, batches: Iterator[dict[str, np.ndarray]], step: int):
     self.batches, self.step = batches, step
@@ -35,7 +36,7 @@ class Inputs:
   num_train: int
   channels: int
   labels: np.ndarray  # the training labels, to check against the model's classes
-  train: Callable[[int], Iterator[dict[str, np.ndarray]]]  # step -> batches with .state()
+  train: Callable[[int], StepCounter]  # the train batches from a step on
   eval_batches: Callable[[], Iterator[dict[str, np.ndarray]]]
 
 
@@ -50,9 +51,9 @@ def make_inputs(config: Any) -> Inputs:
   normalizer = Normalizer.fit(train_split.images, d.normalization)
   return Inputs(
       num_train=len(train_split), channels=train_split.images.shape[-1], labels=train_split.labels,
-      train=lambda step: TrainBatches(
+      train=lambda step: StepCounter(TrainBatches(
           train_split, config.batch_size, seed=config.seed, augmentation=d.augmentation, pad=d.pad,
-          normalizer=normalizer, step=step),
+          normalizer=normalizer, step=step), step),
       eval_batches=lambda: eval_batches(eval_split, config.eval_batch_size, normalizer),
   )
 

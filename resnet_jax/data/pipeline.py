@@ -101,9 +101,6 @@ class TrainBatches(Iterator[dict[str, np.ndarray]]):
     self.steps_per_epoch = len(split) // global_batch  # each epoch drops its remainder
     self._epoch, self._order = -1, None
 
-  def state(self) -> dict[str, int]:
-    return {"step": self.step}
-
   def _permutation(self, epoch: int) -> np.ndarray:
     if epoch != self._epoch:
       self._epoch = epoch
