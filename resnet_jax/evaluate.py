@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from resnet_jax import sharding
-from resnet_jax.reporting import fetch
+from resnet_jax.reporting import fetch, quiet_libraries
 
 SYNC_EVERY = 8  # read results at least this often (see reporting.fetch)
 
@@ -111,6 +111,7 @@ def main(argv: list[str]) -> None:
   from resnet_jax.experiment import setup
 
   del argv
+  quiet_libraries()
   FLAGS = flags.FLAGS
   config, workdir = FLAGS.config, FLAGS.workdir
   if not (pathlib.Path(workdir) / "checkpoints").is_dir():

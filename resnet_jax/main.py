@@ -12,19 +12,12 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from resnet_jax.data import DatasetNotPrepared
+from resnet_jax.reporting import quiet_libraries
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "config file[:arguments]", lock_config=True)
 flags.DEFINE_string("workdir", None, "directory for checkpoints, logs and results")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def quiet_libraries() -> None:
-  """Keeps Orbax's and TensorFlow's per-save INFO chatter out of the run's log; warnings stay."""
-  def keep(record: logging.LogRecord) -> bool:
-    noisy = "/orbax/" in record.pathname or "/tensorflow" in record.pathname
-    return record.levelno >= logging.WARNING or not noisy
-  logging.getLogger("absl").addFilter(keep)
 
 
 def main(argv: list[str]) -> None:

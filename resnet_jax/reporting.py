@@ -2,6 +2,7 @@
 scripts, written by process 0 only."""
 
 import json
+import logging
 import pathlib
 from collections.abc import Mapping
 
@@ -42,3 +43,11 @@ def fetch(pending: list[dict]) -> list[dict[str, float]]:
   """Reads device metrics to the host; reading every few steps bounds the steps in flight (the CPU
   backend deadlocks with ~30 collective steps queued)."""
   return [{k: float(np.asarray(v)) for k, v in m.items()} for m in jax.device_get(pending)]
+
+
+def quiet_libraries() -> None:
+  """Keeps Orbax's and TensorFlow's per-save INFO chatter out of the run's log; warnings stay."""
+  def keep(record: logging.LogRecord) -> bool:
+    noisy = "/orbax/" in record.pathname or "/tensorflow" in record.pathname
+    return record.levelno >= logging.WARNING or not noisy
+  logging.getLogger("absl").addFilter(keep)
