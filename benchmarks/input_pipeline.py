@@ -50,9 +50,11 @@ def main() -> None:
     make_folder(root, args.images)
     source = stream.FolderSource(str(root), "train")
     size_kb = np.mean([pathlib.Path(p).stat().st_size for p in source.paths]) / 1024
-    baseline = lambda b, s: augment.center_view(b)[0]
+    baseline = lambda b, s: tf.image.resize_with_crop_or_pad(
+        augment.resize_shorter_side(augment.decode(b), 256), 224, 224)
     train = lambda function: stream.train_stream(source, args.batch, function, seed=0)
-    evaluate = lambda views: _endless(source, args.batch, views)
+    # Eval views ride the endless train stream (same reading, no per-pass rebuild of the dataset).
+    evaluate = lambda views: train(lambda b, s: views(b))
     pipelines = {
         "baseline: decode, resize 256, center 224": (train, baseline),
         "train: paper (scale 256-480, crop, flip, PCA)": (train, augment.paper_train),
@@ -67,11 +69,6 @@ def main() -> None:
       images_per_s = rate(make(function), args.batches, args.batch)
       base = base or images_per_s
       print(f"{name:48s} {images_per_s:10.0f} {images_per_s / cores:10.0f} {images_per_s / base:11.2f}x")
-
-
-def _endless(source, batch, views):
-  while True:
-    yield from stream.eval_stream(source, batch, views)
 
 
 if __name__ == "__main__":

@@ -38,19 +38,40 @@ def test_scale_augmentation_covers_256_to_480():
   assert 350 < sizes.mean() < 385  # uniform: 368
 
 
-def test_paper_crop_is_a_window_of_the_rescaled_image_and_flips_about_half():
-  """Flips: 40 draws of a fair coin land in [10, 30] with probability > 0.998."""
-  image = gradient_image(12, 16)
-  flips = 0
+def test_paper_crop_is_the_window_that_scaling_maps_onto_it_inside_the_image_and_flips_about_half():
+  """The crop is a crop/S-of-the-shorter-side square of the original, resized: what cropping the
+  image rescaled to shorter side S gives. Flips: 40 fair coins land in [10, 30] with p > 0.998."""
+  image = gradient_image(60, 80)
+  flips, corners = 0, set()
   for i in range(40):
     out = augment.paper_train(encoded(image), seed(i), crop=8, scale=(10, 14), lighting_std=0.0).numpy()
     assert out.shape == (8, 8, 3)
-    size_seed = augment.split_seed(seed(i), 4)[0]
-    rescaled = augment.resize_shorter_side(image, augment.random_scale(size_seed, (10, 14))).numpy()
-    found = find_window(rescaled, out)
-    assert found is not None, i
-    flips += found[2]
+    size_seed, crop_seed = augment.split_seed(seed(i), 4)[:2]
+    shorter_side = int(augment.random_scale(size_seed, (10, 14)))
+    top, left, height, width = augment.scale_crop_window(tf.constant([60, 80, 3]), crop_seed, 8, shorter_side).numpy()
+    assert height == width == round(8 * 60 / shorter_side)
+    assert 0 <= top <= 60 - height and 0 <= left <= 80 - width
+    expected = tf.image.resize(image[top:top + height, left:left + width].astype(np.float32), [8, 8], antialias=True).numpy()
+    flipped = not np.allclose(out, expected, atol=1e-3)
+    np.testing.assert_allclose(out, expected[:, ::-1] if flipped else expected, atol=1e-3)
+    flips += flipped
+    corners.add((top, left))
   assert 10 <= flips <= 30
+  assert len(corners) > 20  # the position is random too
+
+
+def test_paper_crop_of_a_jpeg_decodes_only_the_window():
+  image = gradient_image(375, 500)
+  jpeg = encoded(image, "jpeg")
+  out = augment.paper_train(jpeg, seed(3), lighting_std=0.0).numpy()
+  assert out.shape == (224, 224, 3)
+  # The same window cut from the fully decoded JPEG gives the same pixels.
+  size_seed, crop_seed = augment.split_seed(seed(3), 4)[:2]
+  window = augment.scale_crop_window(tf.constant([375, 500, 3]), crop_seed, 224, augment.random_scale(size_seed, (256, 480)))
+  top, left, height, width = window.numpy()
+  full = tf.io.decode_jpeg(jpeg).numpy()[top:top + height, left:left + width].astype(np.float32)
+  expected = tf.image.resize(full, [224, 224], antialias=True).numpy()
+  assert np.abs(out - expected).mean() < 1.0 or np.abs(out - expected[:, ::-1]).mean() < 1.0
 
 
 def test_inception_window_lies_inside_with_the_configured_area_and_aspect():
