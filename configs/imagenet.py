@@ -8,7 +8,8 @@
       --config.data.data_dir=/data/imagenet --config.data.eval_view=10crop
 
 Arguments: depth (18/34/50/101/152, default 50), shortcut ('B'), plain (False), variant ('v1';
-'v1.5' as torchvision), batch (256), epochs (90), dtype ('float32' or 'bfloat16').
+'v1.5' as torchvision), batch (256), epochs (90), dtype ('float32' or 'bfloat16'), source
+('folder' or 'tfds').
 Recipe: SGD momentum 0.9, weight decay 1e-4, batch 256, lr 0.1 x batch / 256, divided by 10 at
 epochs 30 and 60 of 90 (the paper divides on plateaus; --config.schedule.boundaries=...), label
 smoothing 0. Beyond the paper: --config.schedule.warmup=5 (Goyal et al.'s gradual warmup, epochs),
@@ -19,6 +20,8 @@ B 24.52/7.46, C 24.19/7.40, ResNet-50 22.85/6.71, -101 21.75/6.05, -152 21.43/5.
 plain-18 27.94, ResNet-18 27.88. Center-crop top-1 of torchvision's 90-epoch v1.5 recipe: ResNet-50 76.13.
 Data: ILSVRC2012 as an image folder, data_dir/train/<synset>/*.JPEG and data_dir/val/<synset>/*.JPEG
 (or a flat val/ with --config.data.eval_label_file); class k is the k-th synset in sorted order.
+Or source=tfds: the tfds imagenet2012 build in data_dir, made once from the two ILSVRC2012 tars by
+`python -m resnet_jax.data.prepare imagenet2012 --manual_dir=TARS --data_dir=DIR` (same labels).
 Train views: Sec. 3.4's scale augmentation [256, 480], 224 crop, flip, PCA lighting
 (--config.data.augmentation=inception for the random-resized crop). Eval during training: one center
 crop after resizing to 256; the paper's Table 3 protocol is --config.data.eval_view=10crop.
@@ -26,7 +29,9 @@ crop after resizing to 256; the paper's Table 3 protocol is --config.data.eval_v
 
 from resnet_jax.config import base_config, parse_arguments
 
-DEFAULTS = dict(depth=50, shortcut="B", plain=False, variant="v1", batch=256, epochs=90, dtype="float32")
+DEFAULTS = dict(depth=50, shortcut="B", plain=False, variant="v1", batch=256, epochs=90, dtype="float32",
+                source="folder")
+EVAL_SPLIT = {"folder": "val", "tfds": "validation"}
 
 
 def get_config(argument: str | None = None):
@@ -35,8 +40,10 @@ def get_config(argument: str | None = None):
   c.model.update(dict(depth=args["depth"], dataset="imagenet", shortcut=args["shortcut"],
                       plain=args["plain"], variant=args["variant"], num_classes=1000,
                       dtype=args["dtype"]))
-  c.data.update(dict(source="folder", name="imagenet2012", data_dir="", train_split="train",
-                     eval_split="val", augmentation="paper", image_size=224, eval_resize=256,
+  if args["source"] not in EVAL_SPLIT:
+    raise ValueError(f"source must be one of {', '.join(EVAL_SPLIT)}; got {args['source']!r}")
+  c.data.update(dict(source=args["source"], name="imagenet2012", data_dir="", train_split="train",
+                     eval_split=EVAL_SPLIT[args["source"]], augmentation="paper", image_size=224, eval_resize=256,
                      eval_view="center", normalization="channel_mean_std"))
   c.batch_size = args["batch"]
   c.eval_batch_size = 1000

@@ -6,6 +6,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 import resnet_jax  # noqa: F401  (first: applies the jaxlib CPU work-around before JAX starts)
 
 CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
@@ -30,3 +32,62 @@ def run_python(code: str, env_updates: dict[str, str | None] | None = None, time
   return subprocess.run(
       [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout
   )
+
+
+@pytest.fixture(scope="session")
+def fake_imagenet(tmp_path_factory):
+  """A tiny ILSVRC2012 in both layouts users keep it in, from the same JPEGs:
+
+  - `tars`: ILSVRC2012_img_train.tar (a <synset>.tar per class) and ILSVRC2012_img_val.tar;
+  - `tfds`: the tfds imagenet2012 build of those tars (array_record), made offline by our prepare;
+  - `folder`: folder/train/<synset>/*.JPEG for all 1,000 synsets (3 of them holding images) and a
+    flat folder/val/ with `val_labels`, the ILSVRC2012 validation labels.
+  Train images of class k (k = 0, 1, 2) have pixel values near 80 k.
+  """
+  import io
+  import tarfile
+
+  import numpy as np
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
+
+  from resnet_jax.data.prepare import prepare
+
+  root = tmp_path_factory.mktemp("fake_imagenet")
+  tfds_files = pathlib.Path(tfds.__file__).parent / "datasets" / "imagenet2012"
+  synsets = (tfds_files / "labels.txt").read_text().split()
+  val_synsets = (tfds_files / "validation_labels.txt").read_text().split()
+  rng = np.random.default_rng(0)
+
+  def jpeg(value, height, width):
+    image = np.clip(value + rng.integers(0, 8, (height, width, 3)), 0, 255).astype(np.uint8)
+    return tf.io.encode_jpeg(image, quality=98).numpy()
+
+  def add(tar, name, data):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+  (root / "tars").mkdir()
+  for synset in synsets:
+    (root / "folder" / "train" / synset).mkdir(parents=True)
+  with tarfile.open(root / "tars" / "ILSVRC2012_img_train.tar", "w") as outer:
+    for k, synset in enumerate(synsets[:3]):
+      inner_bytes = io.BytesIO()
+      with tarfile.open(fileobj=inner_bytes, mode="w") as inner:
+        for i in range(4):
+          data = jpeg(80 * k, 30 + 5 * i, 40)
+          add(inner, f"{synset}_{i}.JPEG", data)
+          (root / "folder" / "train" / synset / f"{synset}_{i}.JPEG").write_bytes(data)
+      add(outer, f"{synset}.tar", inner_bytes.getvalue())
+  (root / "folder" / "val").mkdir()
+  lines = []
+  with tarfile.open(root / "tars" / "ILSVRC2012_img_val.tar", "w") as tar:
+    for i in range(5):
+      name, data = f"ILSVRC2012_val_{i + 1:08d}.JPEG", jpeg(40 * i, 36, 48)
+      add(tar, name, data)
+      (root / "folder" / "val" / name).write_bytes(data)
+      lines.append(f"{name} {val_synsets[i]}")
+  (root / "folder" / "val_labels.txt").write_text("\n".join(lines) + "\n")
+  prepare("imagenet2012", str(root / "tfds"), str(root / "tars"))
+  return root

@@ -104,5 +104,5 @@ def test_unknown_source_and_unprepared_tfds_set_say_what_to_do(tmp_path):
   with pytest.raises(ValueError, match="unknown data source"):
     load_split("webdataset", "x", "train")
   from resnet_jax.data import DatasetNotPrepared
-  with pytest.raises(DatasetNotPrepared, match="tfds build cifar10"):
+  with pytest.raises(DatasetNotPrepared, match="python -m resnet_jax.data.prepare cifar10 --data_dir="):
     load_split("tfds", "cifar10", "train", str(tmp_path))

@@ -1,11 +1,14 @@
-"""The streaming pipeline over an image folder: labels, order, resume, process split, eval coverage."""
+"""The streamed pipeline over an image folder and a tfds array_record build: labels, order, resume,
+process split, eval coverage, and the errors for data that is not prepared."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from resnet_jax.data import augment
-from resnet_jax.data.stream import FolderSource, eval_stream, train_stream, views_function
+from resnet_jax.data import DatasetNotPrepared
+from resnet_jax.data.prepare import prepare
+from resnet_jax.data.stream import FolderSource, TfdsSource, eval_stream, train_stream, views_function
 
 CLASSES = ["n01440764", "n01443537", "n01484850"]  # sorted synset folder names
 
@@ -32,6 +35,14 @@ def folder(tmp_path_factory):
   return root
 
 
+@pytest.fixture(params=["folder", "tfds"])
+def source(request, fake_imagenet):
+  """The same 12 train images (3 classes, 4 each; pixel values near 80 x label) from either source."""
+  if request.param == "folder":
+    return FolderSource(str(fake_imagenet / "folder"), "train")
+  return TfdsSource("imagenet2012", "train", str(fake_imagenet / "tfds"))
+
+
 def crop16(image_bytes, seed):
   return augment.inception_train(image_bytes, seed, crop=16)
 
@@ -50,8 +61,7 @@ def test_labels_follow_sorted_class_folders_and_the_label_file(folder):
     FolderSource(str(folder), "test")
 
 
-def test_same_seed_same_batches_resume_and_epochs_cover_every_example(folder):
-  source = FolderSource(str(folder), "train")
+def test_same_seed_same_batches_resume_and_epochs_cover_every_example(source):
   first = take(train_stream(source, 4, crop16, seed=1), 6)
   again = take(train_stream(source, 4, crop16, seed=1), 6)
   for a, b in zip(first, again):
@@ -68,8 +78,7 @@ def test_same_seed_same_batches_resume_and_epochs_cover_every_example(folder):
     np.testing.assert_array_equal(reds, labels)  # the image read is the image labelled
 
 
-def test_two_processes_read_the_halves_of_the_same_global_batches(folder):
-  source = FolderSource(str(folder), "train")
+def test_two_processes_read_the_halves_of_the_same_global_batches(source):
   whole = take(train_stream(source, 4, crop16, seed=2), 5)
   halves = [take(train_stream(source, 4, crop16, seed=2, process_index=p, process_count=2), 5) for p in (0, 1)]
   for s in range(5):
@@ -77,13 +86,42 @@ def test_two_processes_read_the_halves_of_the_same_global_batches(folder):
 
 
 @pytest.mark.parametrize("processes", [1, 2])
-def test_eval_scores_every_example_once_across_processes(folder, processes):
-  source = FolderSource(str(folder), "train")
+def test_eval_scores_every_example_once_across_processes(source, processes):
   views = views_function("10crop", resize=24, crop=16)
   seen = []
   for p in range(processes):
     for batch in eval_stream(source, 4, views, process_index=p, process_count=processes):
       assert batch["image"].shape[1:] == (10, 16, 16, 3)
-      seen += [(float(np.rint(img[0, 0, 0, 0])), int(l)) for img, l, m in
+      seen += [(int(np.rint(img[0, 0, 0, 0] / 80)), int(l)) for img, l, m in
                zip(batch["image"], batch["label"], batch["mask"]) if m]
-  assert len(seen) == 12 and sorted(l for _, l in seen) == source.labels.tolist()
+  assert sorted(seen) == [(k, k) for k in range(3) for _ in range(4)]  # each image once, with its label
+
+
+def test_folder_and_tfds_give_the_same_labels_for_the_same_images(fake_imagenet):
+  for split, tfds_split, label_file in (("train", "train", None), ("val", "validation", "val_labels.txt")):
+    folder = FolderSource(str(fake_imagenet / "folder"), split,
+                          label_file=label_file and str(fake_imagenet / "folder" / label_file))
+    by_name = {path.rsplit("/", 1)[1]: label for path, label in zip(folder.paths, folder.labels)}
+    tfds_source = TfdsSource("imagenet2012", tfds_split, str(fake_imagenet / "tfds"))
+    assert tfds_source.classes == folder.classes and len(tfds_source) == len(folder)
+    for i in range(len(tfds_source)):
+      record = tfds_source.records[i]
+      assert by_name[record["file_name"].decode()] == tfds_source.read(i)[1]
+
+
+def test_unprepared_imagenet_says_where_the_tars_go_and_how_to_build(tmp_path):
+  with pytest.raises(DatasetNotPrepared) as error:
+    TfdsSource("imagenet2012", "train", str(tmp_path))
+  message = str(error.value)
+  assert "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar" in message
+  assert f"python -m resnet_jax.data.prepare imagenet2012 --data_dir={tmp_path} --manual_dir=MANUAL" in message
+  with pytest.raises(FileNotFoundError, match="ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar not found"):
+    prepare("imagenet2012", str(tmp_path), str(tmp_path))
+
+
+def test_a_sequential_tfrecord_build_is_refused_with_the_rebuild_command(fake_imagenet, tmp_path):
+  prepare("imagenet2012", str(tmp_path), str(fake_imagenet / "tars"), file_format="tfrecord")
+  with pytest.raises(DatasetNotPrepared, match="random access. Rebuild it as array_record: python -m resnet_jax.data.prepare"):
+    TfdsSource("imagenet2012", "train", str(tmp_path))
+  with pytest.raises(ValueError, match="has splits train, validation; got 'val'"):
+    TfdsSource("imagenet2012", "val", str(fake_imagenet / "tfds"))

@@ -207,12 +207,8 @@ def test_imagenet_config_trains_from_an_image_folder_and_scores_ten_crops(tmp_pa
       for i in range(count):
         image = rng.integers(0, 255, (40 + 3 * i, 48, 3), dtype=np.uint8)
         (tmp_path / "data" / split / synset / f"{i}.JPEG").write_bytes(tf.io.encode_jpeg(image).numpy())
-  command_line = [
-      sys.executable, "-m", "resnet_jax.main", "--config=configs/imagenet.py:depth=18,batch=8",
-      f"--workdir={tmp_path / 'run'}", f"--config.data.data_dir={tmp_path / 'data'}",
-      "--config.data.image_size=32", "--config.data.eval_resize=36", "--config.data.eval_view=10crop",
-      "--config.model.num_classes=3", "--config.eval_batch_size=8", "--config.num_train_steps=4",
-  ]
+  command_line = imagenet_command("depth=18,batch=8", tmp_path / "run", tmp_path / "data", "--config.data.eval_view=10crop",
+                                  "--config.model.num_classes=3", "--config.eval_batch_size=8")
   result = subprocess.run(command_line, cwd=ROOT, env=environment(1), capture_output=True, text=True, timeout=400)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "on 9 examples" in result.stdout  # 9 = 8 + 1: the second batch padded
@@ -221,3 +217,25 @@ def test_imagenet_config_trains_from_an_image_folder_and_scores_ten_crops(tmp_pa
                            env=environment(1), capture_output=True, text=True, timeout=400)
   assert missing.returncode == 1
   assert "set --config.data.data_dir to the folder that holds train/ and val/" in missing.stderr
+
+
+def test_imagenet_config_trains_from_the_tfds_build_and_exits_cleanly(fake_imagenet, tmp_path):
+  """The tfds reader runs Python callbacks in tf.data threads: the process must still exit 0."""
+  command_line = imagenet_command("depth=18,batch=4,source=tfds", tmp_path / "run", fake_imagenet / "tfds",
+                                  "--config.eval_batch_size=4")
+  result = subprocess.run(command_line, cwd=ROOT, env=environment(1), capture_output=True, text=True, timeout=400)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "training 4 steps (3 per epoch)" in result.stderr
+  assert "imagenet2012 validation:" in result.stdout and "on 5 examples" in result.stdout
+  unprepared = subprocess.run(command_line[:4] + [f"--workdir={tmp_path / 'other'}", f"--config.data.data_dir={tmp_path}"], cwd=ROOT,
+                              env=environment(1), capture_output=True, text=True, timeout=400)
+  assert unprepared.returncode == 1 and "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar" in unprepared.stderr
+
+
+def imagenet_command(arguments, workdir, data_dir, *overrides):
+  """configs/imagenet.py shrunk to 32-pixel crops and 4 steps."""
+  return [
+      sys.executable, "-m", "resnet_jax.main", f"--config=configs/imagenet.py:{arguments}",
+      f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", "--config.data.image_size=32",
+      "--config.data.eval_resize=36", "--config.num_train_steps=4", *overrides,
+  ]

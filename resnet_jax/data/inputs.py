@@ -1,6 +1,7 @@
-"""One interface over the two kinds of input: splits held in memory (the bundled digits, small tfds
-sets) and streams read from disk (an ImageNet image folder). The trainer and the evaluator see
-only `Inputs`: train batches from a step, eval batches, and the facts the config is checked against.
+"""One interface over the two kinds of input: splits held in memory (the bundled digits, tfds sets
+of fixed-size images such as CIFAR-10) and streams read from disk (ImageNet as an image folder or an
+array_record tfds build). The trainer and the evaluator see only `Inputs`: train batches from a
+step, eval batches, and the facts the config is checked against.
 """
 
 import dataclasses
@@ -11,9 +12,7 @@ import jax
 import numpy as np
 
 from resnet_jax.data.pipeline import Normalizer, TrainBatches, eval_batches
-from resnet_jax.data.sources import load_split
-
-STREAM_SOURCES = ("folder",)
+from resnet_jax.data.sources import load_split, tfds_has_fixed_shape
 
 
 class StepCounter(Iterator[dict[str, np.ndarray]]):
@@ -35,7 +34,7 @@ class StepCounter(Iterator[dict[str, np.ndarray]]):
 class Inputs:
   num_train: int
   channels: int
-  labels: np.ndarray  # the training labels, to check against the model's classes
+  num_classes: int  # the classes the labels index, to check against the model
   train: Callable[[int], StepCounter]  # the train batches from a step on
   eval_batches: Callable[[], Iterator[dict[str, np.ndarray]]]
 
@@ -43,14 +42,15 @@ class Inputs:
 def make_inputs(config: Any) -> Inputs:
   """The inputs a run config describes (its `data` fields, batch sizes and seed)."""
   d = config.data
-  if d.source in STREAM_SOURCES:
+  if d.source == "folder" or d.source == "tfds" and not tfds_has_fixed_shape(d.name, d.data_dir or None):
     return _stream_inputs(config)
   data_dir = d.data_dir or None
   train_split = load_split(d.source, d.name, d.train_split, data_dir)
   eval_split = load_split(d.source, d.name, d.eval_split, data_dir)
   normalizer = Normalizer.fit(train_split.images, d.normalization)
   return Inputs(
-      num_train=len(train_split), channels=train_split.images.shape[-1], labels=train_split.labels,
+      num_train=len(train_split), channels=train_split.images.shape[-1],
+      num_classes=int(train_split.labels.max()) + 1,
       train=lambda step: StepCounter(TrainBatches(
           train_split, config.batch_size, seed=config.seed, augmentation=d.augmentation, pad=d.pad,
           normalizer=normalizer, step=step), step),
@@ -62,8 +62,12 @@ def _stream_inputs(config: Any) -> Inputs:
   from resnet_jax.data import augment, stream
 
   d = config.data
-  train_source = stream.FolderSource(d.data_dir, d.train_split)
-  eval_source = stream.FolderSource(d.data_dir, d.eval_split, label_file=d.eval_label_file or None)
+  if d.source == "folder":
+    train_source = stream.FolderSource(d.data_dir, d.train_split)
+    eval_source = stream.FolderSource(d.data_dir, d.eval_split, label_file=d.eval_label_file or None)
+  else:
+    train_source = stream.TfdsSource(d.name, d.train_split, d.data_dir or None)
+    eval_source = stream.TfdsSource(d.name, d.eval_split, d.data_dir or None)
   if d.normalization not in ("channel_mean_std", "channel_mean"):
     raise ValueError(
         f"a streamed data set normalises by 'channel_mean_std' or 'channel_mean'; got {d.normalization!r}"
@@ -80,7 +84,7 @@ def _stream_inputs(config: Any) -> Inputs:
   views = stream.views_function(d.eval_view, d.eval_resize, d.image_size)
   process = dict(process_index=jax.process_index(), process_count=jax.process_count())
   return Inputs(
-      num_train=len(train_source), channels=3, labels=train_source.labels,
+      num_train=len(train_source), channels=3, num_classes=train_source.num_classes,
       train=lambda step: StepCounter(stream.train_stream(
           train_source, config.batch_size, lambda b, s: augment.normalize(train_augment(b, s), mean, std),
           seed=config.seed, step=step, **process), step),

@@ -49,23 +49,47 @@ def bundled_mnist(split: str) -> ArraySplit:
   return ArraySplit(images, labels[index].astype(np.int32))
 
 
-def tfds_in_memory(name: str, split: str, data_dir: str | None = None) -> ArraySplit:
-  """A prepared tfds data set small enough to hold in memory (CIFAR-10: 150 MB)."""
+def prepare_instructions(name: str, data_dir: str) -> str:
+  """How to prepare a tfds data set: it is built once, ahead of training, never at run time."""
+  build = f"python -m resnet_jax.data.prepare {name} --data_dir={data_dir}"
+  if name.startswith("imagenet2012"):
+    return (
+        f"ImageNet ({name!r}) is not prepared in {data_dir!r}. It cannot be downloaded automatically: "
+        f"get ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from https://image-net.org/download-images, "
+        f"put both (unextracted) in one folder MANUAL, build once with `{build} --manual_dir=MANUAL` "
+        f"(hours; array_record files, ~150 GB) and pass --config.data.data_dir={data_dir}. An image folder "
+        f"works too: --config.data.source=folder --config.data.data_dir=ROOT (ROOT/train/<synset>/*.JPEG)."
+    )
+  return (
+      f"tfds data set {name!r} is not prepared in {data_dir!r}. Build it once on a machine with internet "
+      f"access (`{build}`), copy the folder here and pass --config.data.data_dir={data_dir} (or set "
+      f"TFDS_DATA_DIR); training never downloads."
+  )
+
+
+def tfds_builder(name: str, data_dir: str | None = None):
+  """The builder of a prepared tfds data set; DatasetNotPrepared saying how to prepare it otherwise."""
   import tensorflow_datasets as tfds
 
   builder = tfds.builder(name, data_dir=data_dir)
   if not builder.is_prepared():
-    raise DatasetNotPrepared(
-        f"tfds data set {name!r} is not prepared in {builder.data_dir!r}. Prepare it once on a "
-        f"machine with internet access (`tfds build {name} --data_dir=DIR`), copy DIR here and set "
-        f"--config.data.data_dir=DIR (or TFDS_DATA_DIR); training never downloads."
-    )
-  shape = builder.info.features["image"].shape
-  if None in shape:
-    raise ValueError(
-        f"{name!r} has images of varying size and is too large to hold in memory; stream it from an "
-        f"image folder instead (--config.data.source=folder --config.data.data_dir=ROOT)"
-    )
+    raise DatasetNotPrepared(prepare_instructions(name, str(builder.data_dir_root)))
+  return builder
+
+
+def tfds_has_fixed_shape(name: str, data_dir: str | None = None) -> bool:
+  """Whether every image of the set has one shape (CIFAR, MNIST): those are held in memory; sets of
+  varying sizes (ImageNet) are streamed."""
+  builder = tfds_builder(name, data_dir)
+  image_key = builder.info.supervised_keys[0]
+  return None not in builder.info.features[image_key].shape
+
+
+def tfds_in_memory(name: str, split: str, data_dir: str | None = None) -> ArraySplit:
+  """A prepared tfds data set of fixed-size images small enough to hold in memory (CIFAR-10: 150 MB)."""
+  import tensorflow_datasets as tfds
+
+  builder = tfds_builder(name, data_dir)
   arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, as_supervised=True))
   images, labels = arrays
   return ArraySplit(np.asarray(images, np.uint8), np.asarray(labels, np.int32))

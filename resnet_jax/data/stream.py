@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from resnet_jax.data.pipeline import process_slice
+from resnet_jax.data.sources import DatasetNotPrepared, tfds_builder
 
 # TensorFlow only feeds the input pipeline: keep it off the accelerators JAX uses.
 tf.config.set_visible_devices([], "GPU")
@@ -56,6 +57,7 @@ class FolderSource:
     if not paths:
       raise FileNotFoundError(f"no images in {folder}")
     self.classes = classes
+    self.num_classes = len(classes)
     self.paths = np.array([str(p) for p in paths])
     self.labels = np.array(labels, np.int32)
 
@@ -65,6 +67,45 @@ class FolderSource:
   def reader(self) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
     paths, labels = tf.constant(self.paths), tf.constant(self.labels)
     return lambda i: (tf.io.read_file(tf.gather(paths, i)), tf.gather(labels, i))
+
+
+class TfdsSource:
+  """A tfds data set built as array_record files (`python -m resnet_jax.data.prepare`), read by
+  index: random access is what lets the index-based order skip to any step. Images stay encoded.
+
+  Records are read by a Python callback (~0.1 ms each, 3% of an image's augmentation time).
+  """
+
+  def __init__(self, name: str, split: str, data_dir: str | None = None):
+    import tensorflow_datasets as tfds
+
+    builder = tfds_builder(name, data_dir)
+    if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
+      raise DatasetNotPrepared(
+          f"{name!r} in {builder.data_dir} was built as {builder.info.file_format.value}, which can only be "
+          f"read in sequence; the input pipeline needs random access. Rebuild it as array_record: "
+          f"python -m resnet_jax.data.prepare {name} --data_dir=NEW_DIR [--manual_dir=...]"
+      )
+    splits = list(builder.info.splits)
+    if split.split("[")[0] not in splits:
+      raise ValueError(f"{name!r} has splits {', '.join(splits)}; got {split!r}")
+    self.image_key, self.label_key = builder.info.supervised_keys
+    self.classes = builder.info.features[self.label_key].names
+    self.num_classes = len(self.classes)
+    self.records = builder.as_data_source(split=split, decoders={self.image_key: tfds.decode.SkipDecoding()})
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def read(self, index: int) -> tuple[bytes, np.int32]:
+    record = self.records[int(index)]
+    return record[self.image_key], np.int32(record[self.label_key])
+
+  def reader(self) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+    def read(index):
+      image_bytes, label = tf.numpy_function(self.read, [index], (tf.string, tf.int32), stateful=False)
+      return tf.ensure_shape(image_bytes, []), tf.ensure_shape(label, [])
+    return read
 
 
 def train_stream(
