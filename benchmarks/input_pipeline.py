@@ -4,7 +4,8 @@
 
 Makes its own JPEG folder (500x375, ImageNet's median size, ~110 KB at quality 90 of smooth noise),
 then times, in one run: a plain baseline (full decode, resize the shorter side to 256, center
-crop 224), the paper's and the Inception train pipelines, and the center and 10-crop eval views.
+crop 224), the paper's and the Inception train pipelines, and the center, 10-crop and multi-scale
+eval views.
 """
 
 import argparse
@@ -61,6 +62,8 @@ def main() -> None:
         "train: inception (fused decode-and-crop)": (train, augment.inception_train),
         "eval: center crop": (evaluate, stream.views_function("center", 256, 224)),
         "eval: 10-crop (10 views an image)": (evaluate, stream.views_function("10crop", 256, 224)),
+        "eval: multi-scale (5 scales x 2 flips)": (
+            evaluate, stream.views_function("multiscale", 0, 0, (224, 256, 384, 480, 640))),
     }
     print(f"{len(source)} JPEGs of 500x375, mean {size_kb:.0f} KB; {cores} CPU cores; batch {args.batch}")
     print(f"{'pipeline':48s} {'images/s':>10s} {'per core':>10s} {'vs baseline':>12s}")

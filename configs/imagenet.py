@@ -17,14 +17,18 @@ smoothing 0. Beyond the paper: --config.schedule.warmup=5 (Goyal et al.'s gradua
 --config.ema_decay=0.9999.
 Should reach (10-crop top-1/top-5 error %, Table 3): plain-34 28.54/10.02, ResNet-34 A 25.03/7.76,
 B 24.52/7.46, C 24.19/7.40, ResNet-50 22.85/6.71, -101 21.75/6.05, -152 21.43/5.71; Table 2 (A):
-plain-18 27.94, ResNet-18 27.88. Center-crop top-1 of torchvision's 90-epoch v1.5 recipe: ResNet-50 76.13.
+plain-18 27.94, ResNet-18 27.88. Multi-scale (Table 4): ResNet-34 B 21.84/5.71, C 21.53/5.60,
+ResNet-50 20.74/5.25, -101 19.87/4.60, -152 19.38/4.49. Center-crop top-1 of torchvision's 90-epoch
+v1.5 recipe: ResNet-50 76.13.
 Data: ILSVRC2012 as an image folder, data_dir/train/<synset>/*.JPEG and data_dir/val/<synset>/*.JPEG
 (or a flat val/ with --config.data.eval_label_file); class k is the k-th synset in sorted order.
 Or source=tfds: the tfds imagenet2012 build in data_dir, made once from the two ILSVRC2012 tars by
 `python -m resnet_jax.data.prepare imagenet2012 --manual_dir=TARS --data_dir=DIR` (same labels).
 Train views: Sec. 3.4's scale augmentation [256, 480], 224 crop, flip, PCA lighting
 (--config.data.augmentation=inception for the random-resized crop). Eval during training: one center
-crop after resizing to 256; the paper's Table 3 protocol is --config.data.eval_view=10crop.
+crop after resizing to 256; the paper's Table 3 protocol is --config.data.eval_view=10crop, Table
+4's is --config.data.eval_view=multiscale (the whole image and its mirror at shorter sides
+224/256/384/480/640; use a small --config.eval_batch_size, e.g. 64).
 """
 
 from resnet_jax.config import base_config, parse_arguments

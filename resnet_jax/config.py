@@ -33,7 +33,8 @@ def base_config() -> ml_collections.ConfigDict:
       lighting_std=0.1,
       image_size=224,  # streamed: the train crop and eval crop
       eval_resize=256,  # streamed: shorter side before the eval crop(s)
-      eval_view="center",  # streamed: 'center' or '10crop'
+      eval_view="center",  # streamed: 'center', '10crop' or 'multiscale' (Table 4)
+      eval_scales=(224, 256, 384, 480, 640),  # multiscale: the shorter sides, whole image + mirror
       # In memory: 'pixel_mean' or 'channel_mean_std' of the training split; streamed: ImageNet's
       # 'channel_mean_std' or 'channel_mean'.
       normalization="pixel_mean",

@@ -29,13 +29,17 @@ def correct_top_k(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
 def eval_step(params: Any, batch_stats: Any, batch: dict, *, graphdef: nnx.GraphDef) -> dict:
   """Sums over the real (mask = 1) examples of one global batch.
 
-  Images are (batch, views, H, W, C); an example's score is its softmax averaged over the views
-  (1 center crop, or the 10 crops of the paper's Table 3).
+  Images are (batch, views, H, W, C), or a tuple of such with one size each (the scales of
+  Table 4's multi-scale testing); an example's score is its softmax averaged over all its views
+  (1 center crop, the 10 crops of Table 3, or the whole image and its mirror at every scale).
   """
-  images = batch["image"]
-  batch_size, views = images.shape[:2]
-  logits = nnx.merge(graphdef, params, batch_stats)(images.reshape(-1, *images.shape[2:]))
-  scores = jax.nn.softmax(logits).reshape(batch_size, views, -1).mean(axis=1)
+  model = nnx.merge(graphdef, params, batch_stats)
+  groups = batch["image"] if isinstance(batch["image"], tuple) else (batch["image"],)
+  scores = []
+  for images in groups:
+    probabilities = jax.nn.softmax(model(images.reshape(-1, *images.shape[2:])))
+    scores.append(probabilities.reshape(*images.shape[:2], -1))
+  scores = jnp.concatenate(scores, axis=1).mean(axis=1)
   mask, labels = batch["mask"], batch["label"]
   loss = -jnp.log(jnp.take_along_axis(scores, labels[:, None], axis=1)[:, 0] + 1e-12)
   return {

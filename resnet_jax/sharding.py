@@ -5,8 +5,9 @@ of a batch-sharded input are means over the global batch: cross-replica BN with 
 collective.
 """
 
+from typing import Any
+
 import jax
-import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
@@ -43,10 +44,8 @@ def check_global_batch(batch_size: int, what: str = "batch_size") -> int:
   return batch_size // processes
 
 
-def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """Assembles one global array per field from this process's slice of the batch."""
+def global_batch(local_batch: dict[str, Any], mesh: Mesh) -> dict[str, Any]:
+  """Assembles one global array per array of the batch (a field may be a tuple of arrays, one a
+  scale) from this process's slice of it."""
   sharding = batch_sharded(mesh)
-  return {
-      name: jax.make_array_from_process_local_data(sharding, value)
-      for name, value in local_batch.items()
-  }
+  return jax.tree.map(lambda value: jax.make_array_from_process_local_data(sharding, value), local_batch)

@@ -118,3 +118,25 @@ def test_resize_keeps_the_aspect_and_sets_the_shorter_side():
   assert tuple(out.shape) == (256, 341, 3)
   out = augment.resize_shorter_side(tf.zeros((500, 375, 3), tf.uint8), 480)
   assert tuple(out.shape) == (640, 480, 3)
+
+
+def test_multiscale_views_are_the_whole_image_at_each_scale_and_its_mirror():
+  image = gradient_image(30, 40)  # 4:3 landscape: bucket 4/3 exactly
+  views = augment.multiscale_views(encoded(image), scales=(15, 30))
+  assert [tuple(v.shape) for v in views] == [(2, 15, 20, 3), (2, 30, 40, 3)]
+  np.testing.assert_allclose(views[1][0], image, atol=1e-3)  # scale 30 is the image itself
+  np.testing.assert_allclose(views[1][1], image[:, ::-1], atol=1e-3)
+  expected = tf.image.resize(image.astype(np.float32), [15, 20], antialias=True).numpy()
+  np.testing.assert_allclose(views[0][0], expected, atol=1e-3)
+  portrait = augment.multiscale_views(encoded(gradient_image(50, 33)), scales=(224,))  # 2:3 portrait
+  assert tuple(portrait[0].shape) == (2, 336, 224, 3)
+
+
+def test_aspect_buckets_are_the_nearest_ratio_and_stretch_at_most_9_percent():
+  heights, widths = np.meshgrid(np.arange(100, 600, 7), np.arange(100, 600, 7), indexing="ij")
+  buckets = augment.aspect_bucket(heights.ravel(), widths.ravel()).numpy()
+  aspects = np.array(augment.BUCKET_ASPECTS)[buckets]
+  ratios = widths.ravel() / heights.ravel()
+  inside = (ratios >= 9 / 16) & (ratios <= 16 / 9)
+  assert np.abs(np.log(aspects / ratios))[inside].max() < np.log(1.09)
+  assert np.all(np.abs(np.log(aspects / ratios)) <= np.abs(np.log(np.array(augment.BUCKET_ASPECTS)[:, None] / ratios)).min(0) + 1e-9)

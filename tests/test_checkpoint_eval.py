@@ -70,6 +70,25 @@ def test_evaluation_scores_each_example_once_and_matches_a_direct_count(tiny_exp
   assert results["top1_error"] == pytest.approx(100 - results["top1"])
 
 
+def test_multiscale_scores_are_the_softmax_averaged_over_every_view_of_every_scale(tiny_experiment):
+  from resnet_jax.evaluate import eval_step
+  state = tiny_experiment.initial_state()
+  stats = jax.tree.map(lambda x: x + 0.1, state.batch_stats)
+  rng = np.random.default_rng(0)
+  small, large = rng.normal(size=(4, 2, 20, 24, 1)), rng.normal(size=(4, 2, 28, 28, 1))
+  labels = np.array([0, 3, 5, 7])
+  batch = {"image": (jnp.asarray(small, jnp.float32), jnp.asarray(large, jnp.float32)),
+           "label": jnp.asarray(labels), "mask": jnp.array([1.0, 1.0, 1.0, 0.0])}
+  sums = eval_step(state.params, stats, batch, graphdef=tiny_experiment.eval_graphdef)
+  model = nnx.merge(tiny_experiment.eval_graphdef, state.params, stats)
+  softmax = [np.asarray(jax.nn.softmax(model(jnp.asarray(x[:, v], jnp.float32)))) for x in (small, large) for v in (0, 1)]
+  scores = np.mean(softmax, axis=0)
+  assert float(sums["count"]) == 3
+  assert float(sums["top1"]) == np.sum((scores.argmax(1) == labels)[:3])
+  expected_loss = -np.log(scores[np.arange(4), labels] + 1e-12)[:3].sum()
+  assert float(sums["loss"]) == pytest.approx(expected_loss, rel=1e-5)
+
+
 def test_config_errors_are_clear_and_come_before_compiling(monkeypatch):
   from resnet_jax.experiment import setup
   config = load_config("mnist_demo", "depth=8")

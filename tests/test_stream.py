@@ -8,7 +8,7 @@ import tensorflow as tf
 from resnet_jax.data import augment
 from resnet_jax.data import DatasetNotPrepared
 from resnet_jax.data.prepare import prepare
-from resnet_jax.data.stream import FolderSource, TfdsSource, eval_stream, train_stream, views_function
+from resnet_jax.data.stream import FolderSource, TfdsSource, eval_stream, shape_group, train_stream, views_function
 
 CLASSES = ["n01440764", "n01443537", "n01484850"]  # sorted synset folder names
 
@@ -125,3 +125,21 @@ def test_a_sequential_tfrecord_build_is_refused_with_the_rebuild_command(fake_im
     TfdsSource("imagenet2012", "train", str(tmp_path))
   with pytest.raises(ValueError, match="has splits train, validation; got 'val'"):
     TfdsSource("imagenet2012", "val", str(fake_imagenet / "tfds"))
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_multiscale_eval_batches_images_by_shape_and_scores_each_once(source, processes):
+  """The 12 images have 4 aspects (heights 30-45, width 40): 4 groups of 3, each in 2 batches."""
+  views = views_function("multiscale", resize=0, crop=0, scales=(8, 12))
+  seen, shapes = [], set()
+  for p in range(processes):
+    batches = list(eval_stream(source, 2, views, group_by=shape_group, process_index=p, process_count=processes))
+    assert len(batches) == 8
+    for batch in batches:
+      small, large = batch["image"]
+      assert small.shape[:2] == large.shape[:2] == (2 // processes, 2) and min(small.shape[2:4]) == 8
+      shapes.add(large.shape[2:4])
+      seen += [(int(np.rint(img[0, 0, 0, 0] / 80)), int(l)) for img, l, m in
+               zip(large, batch["label"], batch["mask"]) if m]
+  assert shapes == {(12, 16), (12, 14), (12, 12), (14, 12)}  # 4:3, 8:7, 1:1, 7:8 at shorter side 12
+  assert sorted(seen) == [(k, k) for k in range(3) for _ in range(4)]

@@ -219,10 +219,11 @@ def test_imagenet_config_trains_from_an_image_folder_and_scores_ten_crops(tmp_pa
   assert "set --config.data.data_dir to the folder that holds train/ and val/" in missing.stderr
 
 
-def test_imagenet_config_trains_from_the_tfds_build_and_exits_cleanly(fake_imagenet, tmp_path):
+def test_imagenet_config_trains_from_the_tfds_build_and_scores_multiscale(fake_imagenet, tmp_path):
   """The tfds reader runs Python callbacks in tf.data threads: the process must still exit 0."""
   command_line = imagenet_command("depth=18,batch=4,source=tfds", tmp_path / "run", fake_imagenet / "tfds",
-                                  "--config.eval_batch_size=4")
+                                  "--config.eval_batch_size=4", "--config.data.eval_view=multiscale",
+                                  "--config.data.eval_scales=(32,40)")
   result = subprocess.run(command_line, cwd=ROOT, env=environment(1), capture_output=True, text=True, timeout=400)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "training 4 steps (3 per epoch)" in result.stderr

@@ -148,5 +148,40 @@ def ten_crop_views(image_bytes: tf.Tensor, *, resize: int = 256, crop: int = 224
   return tf.concat([crops, crops[:, :, ::-1]], axis=0)
 
 
-def normalize(image: tf.Tensor, mean, std) -> tf.Tensor:
-  return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+# Width / height of the shape buckets for whole-image (multi-scale) evaluation: portrait, square and
+# landscape forms of ImageNet's common 4:3, 3:2 and 16:9, and 8:7 between 1 and 4:3. An image is
+# stretched to its nearest one (in log ratio; its aspect changes by at most 9% between 9:16 and
+# 16:9), so that a batch shares one shape and the network compiles once a bucket, not an image.
+BUCKET_ASPECTS = (9 / 16, 2 / 3, 3 / 4, 7 / 8, 1.0, 8 / 7, 4 / 3, 3 / 2, 16 / 9)
+
+
+def aspect_bucket(height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+  """The index in BUCKET_ASPECTS nearest to width / height (elementwise)."""
+  ratio = tf.math.log(tf.cast(width, tf.float32) / tf.cast(height, tf.float32))
+  distance = tf.abs(ratio[..., None] - tf.math.log(tf.constant(BUCKET_ASPECTS, tf.float32)))
+  return tf.argmin(distance, axis=-1, output_type=tf.int32)
+
+
+def bucket_shape(bucket: tf.Tensor, shorter_side: int) -> tf.Tensor:
+  """(height, width) of the bucket's aspect with the given shorter side."""
+  aspect = tf.gather(tf.constant(BUCKET_ASPECTS, tf.float32), bucket)
+  longer = tf.cast(tf.round(shorter_side * tf.maximum(aspect, 1 / aspect)), tf.int32)
+  return tf.where(aspect >= 1, tf.stack([shorter_side, longer]), tf.stack([longer, shorter_side]))
+
+
+def multiscale_views(image_bytes: tf.Tensor, *, scales: tuple[int, ...]) -> tuple[tf.Tensor, ...]:
+  """Sec. 3.4's fully-convolutional testing: the whole image at each shorter side in `scales`
+  (its aspect rounded to its bucket) and its mirror image; one (2, H_s, W_s, 3) tensor a scale."""
+  image = tf.cast(decode(image_bytes), tf.float32)
+  bucket = aspect_bucket(tf.shape(image)[0], tf.shape(image)[1])
+  views = []
+  for scale in scales:
+    resized = tf.image.resize(image, bucket_shape(bucket, scale), antialias=True)
+    views.append(tf.stack([resized, resized[:, ::-1]]))
+  return tuple(views)
+
+
+def normalize(images, mean, std):
+  """(x - mean) / std per channel, for one image tensor or a tuple of them (multi-scale views)."""
+  mean, std = tf.constant(mean, tf.float32), tf.constant(std, tf.float32)
+  return tf.nest.map_structure(lambda image: (image - mean) / std, images)

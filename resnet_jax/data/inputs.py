@@ -81,7 +81,8 @@ def _stream_inputs(config: Any) -> Inputs:
   if d.augmentation not in train_augmentations:
     raise ValueError(f"unknown augmentation {d.augmentation!r} for a streamed data set; valid: paper, inception")
   train_augment = train_augmentations[d.augmentation]
-  views = stream.views_function(d.eval_view, d.eval_resize, d.image_size)
+  views = stream.views_function(d.eval_view, d.eval_resize, d.image_size, d.eval_scales)
+  group_by = stream.shape_group if d.eval_view == "multiscale" else None
   process = dict(process_index=jax.process_index(), process_count=jax.process_count())
   return Inputs(
       num_train=len(train_source), channels=3, num_classes=train_source.num_classes,
@@ -89,5 +90,6 @@ def _stream_inputs(config: Any) -> Inputs:
           train_source, config.batch_size, lambda b, s: augment.normalize(train_augment(b, s), mean, std),
           seed=config.seed, step=step, **process), step),
       eval_batches=lambda: stream.eval_stream(
-          eval_source, config.eval_batch_size, lambda b: augment.normalize(views(b), mean, std), **process),
+          eval_source, config.eval_batch_size, lambda b: augment.normalize(views(b), mean, std),
+          group_by=group_by, **process),
   )

@@ -10,10 +10,12 @@ examples of its slices.
 
 import pathlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
+from resnet_jax.data import augment
 from resnet_jax.data.pipeline import process_slice
 from resnet_jax.data.sources import DatasetNotPrepared, tfds_builder
 
@@ -150,35 +152,65 @@ def train_stream(
 def eval_stream(
     source,
     global_batch: int,
-    views: Callable[[tf.Tensor], tf.Tensor],
+    views: Callable[[tf.Tensor], tf.Tensor | tuple[tf.Tensor, ...]],
     *,
+    group_by: Callable[[tf.Tensor], tf.Tensor] | None = None,
     process_index: int = 0,
     process_count: int = 1,
 ) -> Iterator[dict[str, np.ndarray]]:
-  """Every example once across all processes: the last global batch is padded, `mask` marks the
-  real examples. `views(image_bytes)` returns (V, H, W, C): 1 center crop, or 10 crops."""
-  n = len(source)
+  """Every example once across all processes: each group's last global batch is padded (with a
+  repeat of its last example), `mask` marks the real examples. `views(image_bytes)` returns
+  (V, H, W, C), e.g. 1 center crop or 10 crops, or a tuple of such (one per scale).
+
+  `group_by(image_bytes)` (an int) puts examples of different view shapes in separate batches; it
+  is read once over the whole split first, the same on every process.
+  """
   share = process_slice(global_batch, process_index, process_count)
-  first, local = share.start, share.stop - share.start
-  batches = -(-n // global_batch)
+  indices, mask = _eval_plan(source, global_batch, group_by)
+  indices, mask = indices[:, share].ravel(), mask[:, share].ravel()
   read = source.reader()
 
-  def example(position):
-    b, j = position // local, position % local + first
-    global_position = b * global_batch + j
-    image_bytes, label = read(tf.minimum(global_position, n - 1))
-    return {"image": views(image_bytes), "label": label,
-            "mask": tf.cast(global_position < n, tf.float32)}
+  def example(index, real):
+    image_bytes, label = read(index)
+    return {"image": views(image_bytes), "label": label, "mask": real}
 
-  dataset = tf.data.Dataset.range(batches * local)
+  dataset = tf.data.Dataset.from_tensor_slices((indices, mask))
   dataset = dataset.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return iter(dataset.batch(local).prefetch(2).as_numpy_iterator())
+  return iter(dataset.batch(share.stop - share.start).prefetch(2).as_numpy_iterator())
 
 
-def views_function(kind: str, resize: int, crop: int) -> Callable[[tf.Tensor], tf.Tensor]:
-  from resnet_jax.data import augment
+def _eval_plan(source, global_batch: int, group_by) -> tuple[np.ndarray, np.ndarray]:
+  """(batches, global_batch) example indices and masks: the examples of each group in order, each
+  group's last batch padded with its last example."""
+  n = len(source)
+  if group_by is None:
+    groups = np.zeros(n, np.int64)
+  else:
+    read = source.reader()
+    scan = tf.data.Dataset.range(n).map(lambda i: group_by(read(i)[0]), num_parallel_calls=tf.data.AUTOTUNE)
+    groups = np.fromiter(scan.as_numpy_iterator(), np.int64, count=n)
+  rows = []
+  for group in np.unique(groups):
+    members = np.flatnonzero(groups == group)
+    padded = -(-len(members) // global_batch) * global_batch
+    rows.append(np.stack([np.pad(members, (0, padded - len(members)), mode="edge"),
+                          np.arange(padded) < len(members)]).reshape(2, -1, global_batch))
+  plan = np.concatenate(rows, axis=1)
+  return plan[0], plan[1].astype(np.float32)
+
+
+def views_function(kind: str, resize: int, crop: int, scales: tuple[int, ...] = ()) -> Callable[[tf.Tensor], Any]:
+  """The eval views of one example, by name: 'center', '10crop' or 'multiscale'."""
   if kind == "center":
     return lambda image_bytes: augment.center_view(image_bytes, resize=resize, crop=crop)
   if kind == "10crop":
     return lambda image_bytes: augment.ten_crop_views(image_bytes, resize=resize, crop=crop)
-  raise ValueError(f"unknown eval view {kind!r}; valid: center, 10crop")
+  if kind == "multiscale":
+    return lambda image_bytes: augment.multiscale_views(image_bytes, scales=tuple(scales))
+  raise ValueError(f"unknown eval view {kind!r}; valid: center, 10crop, multiscale")
+
+
+def shape_group(image_bytes: tf.Tensor) -> tf.Tensor:
+  """The multi-scale views' shape bucket of an image, read from its header."""
+  shape = augment.image_shape(image_bytes)
+  return tf.cast(augment.aspect_bucket(shape[0], shape[1]), tf.int64)
