@@ -4,11 +4,12 @@
 
 Makes its own JPEG folder (500x375, ImageNet's median size, ~110 KB at quality 90 of smooth noise),
 then times, in one run: a plain baseline (full decode, resize the shorter side to 256, center
-crop 224), the paper's and the Inception train pipelines, and the center, 10-crop and multi-scale
-eval views.
+crop 224), the paper's and the Inception train pipelines (bilinear resize of the crop, the default,
+and antialiased), and the center, 10-crop and multi-scale eval views.
 """
 
 import argparse
+import functools
 import os
 import pathlib
 import tempfile
@@ -26,7 +27,7 @@ def make_folder(root: pathlib.Path, count: int) -> None:
     folder = root / "train" / f"n{i % 10:08d}"
     folder.mkdir(parents=True, exist_ok=True)
     coarse = rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)
-    image = tf.image.resize(coarse, (375, 500)) + rng.normal(0, 12, (375, 500, 3))
+    image = tf.image.resize(coarse, (375, 500)) + rng.normal(0, 24, (375, 500, 3))
     image = tf.cast(tf.clip_by_value(image, 0, 255), tf.uint8)
     (folder / f"{i}.JPEG").write_bytes(tf.io.encode_jpeg(image, quality=90).numpy())
 
@@ -58,8 +59,10 @@ def main() -> None:
     evaluate = lambda views: train(lambda b, s: views(b))
     pipelines = {
         "baseline: decode, resize 256, center 224": (train, baseline),
-        "train: paper (scale 256-480, crop, flip, PCA)": (train, augment.paper_train),
-        "train: inception (fused decode-and-crop)": (train, augment.inception_train),
+        "train: paper (scale 256-480, crop, flip, PCA)": (train, functools.partial(augment.paper_train, antialias=False)),
+        "train: inception (random-resized crop, flip)": (train, functools.partial(augment.inception_train, antialias=False)),
+        "train: paper, antialiased resize": (train, augment.paper_train),
+        "train: inception, antialiased resize": (train, augment.inception_train),
         "eval: center crop": (evaluate, stream.views_function("center", 256, 224)),
         "eval: 10-crop (10 views an image)": (evaluate, stream.views_function("10crop", 256, 224)),
         "eval: multi-scale (5 scales x 2 flips)": (

@@ -69,8 +69,11 @@ def scale_crop_window(shape: tf.Tensor, seed: tf.Tensor, crop: int, shorter_side
   return tf.stack([top, left, side, side])
 
 
-def decode_window(image_bytes: tf.Tensor, window: tf.Tensor, size: int) -> tf.Tensor:
-  """The window (top, left, height, width) resized to size x size; a JPEG decodes only its part."""
+def decode_window(image_bytes: tf.Tensor, window: tf.Tensor, size: int, antialias: bool = True) -> tf.Tensor:
+  """The window (top, left, height, width) resized to size x size; a JPEG decodes only its part.
+
+  antialias=False (plain bilinear) is 2x faster; it aliases a little when shrinking by over ~1.5x.
+  """
   def jpeg():
     return tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
 
@@ -78,7 +81,7 @@ def decode_window(image_bytes: tf.Tensor, window: tf.Tensor, size: int) -> tf.Te
     return tf.image.crop_to_bounding_box(decode(image_bytes), window[0], window[1], window[2], window[3])
 
   image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
-  return tf.image.resize(tf.cast(image, tf.float32), [size, size], antialias=True)
+  return tf.image.resize(tf.cast(image, tf.float32), [size, size], antialias=antialias)
 
 
 def image_shape(image_bytes: tf.Tensor) -> tf.Tensor:
@@ -89,7 +92,7 @@ def image_shape(image_bytes: tf.Tensor) -> tf.Tensor:
 
 def paper_train(
     image_bytes: tf.Tensor, seed: tf.Tensor, *, crop: int = 224, scale: tuple[int, int] = (256, 480),
-    lighting_std: float = 0.1,
+    lighting_std: float = 0.1, antialias: bool = True,
 ) -> tf.Tensor:
   """Sec. 3.4: shorter side resized to a random length in [256, 480], a random crop, a flip, and
   PCA lighting noise.
@@ -99,7 +102,7 @@ def paper_train(
   """
   size_seed, crop_seed, flip_seed, light_seed = split_seed(seed, 4)
   window = scale_crop_window(image_shape(image_bytes), crop_seed, crop, random_scale(size_seed, scale))
-  image = random_flip(decode_window(image_bytes, window, crop), flip_seed)
+  image = random_flip(decode_window(image_bytes, window, crop, antialias), flip_seed)
   return pca_lighting(image, light_seed, lighting_std) if lighting_std else image
 
 
@@ -117,12 +120,12 @@ def inception_window(
 
 def inception_train(
     image_bytes: tf.Tensor, seed: tf.Tensor, *, crop: int = 224, area: tuple[float, float] = (0.08, 1.0),
-    aspect: tuple[float, float] = (3 / 4, 4 / 3),
+    aspect: tuple[float, float] = (3 / 4, 4 / 3), antialias: bool = True,
 ) -> tf.Tensor:
   """Random-resized crop (Szegedy et al. 2015), decoding only the crop's part of the JPEG."""
   box_seed, flip_seed = split_seed(seed, 2)
   window = inception_window(image_shape(image_bytes), box_seed, area, aspect)
-  return random_flip(decode_window(image_bytes, window, crop), flip_seed)
+  return random_flip(decode_window(image_bytes, window, crop, antialias), flip_seed)
 
 
 def center_view(image_bytes: tf.Tensor, *, resize: int = 256, crop: int = 224) -> tf.Tensor:

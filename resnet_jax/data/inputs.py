@@ -75,8 +75,9 @@ def _stream_inputs(config: Any) -> Inputs:
   mean = augment.IMAGENET_MEAN
   std = augment.IMAGENET_STD if d.normalization == "channel_mean_std" else (1.0, 1.0, 1.0)
   train_augmentations = {
-      "paper": lambda b, s: augment.paper_train(b, s, crop=d.image_size, lighting_std=d.lighting_std),
-      "inception": lambda b, s: augment.inception_train(b, s, crop=d.image_size),
+      "paper": lambda b, s: augment.paper_train(b, s, crop=d.image_size, lighting_std=d.lighting_std,
+                                                antialias=d.train_antialias),
+      "inception": lambda b, s: augment.inception_train(b, s, crop=d.image_size, antialias=d.train_antialias),
   }
   if d.augmentation not in train_augmentations:
     raise ValueError(f"unknown augmentation {d.augmentation!r} for a streamed data set; valid: paper, inception")
