@@ -27,7 +27,7 @@ def get_config(argument: str | None = None):
                       plain=args["plain"], variant=args["variant"], num_classes=10))
   c.data.update(dict(source="tfds", name="cifar10", train_split="train[:45000]",
                      eval_split="train[45000:]", augmentation="crop_flip", pad=4,
-                     normalization="pixel_mean"))
+                     normalization="pixel_mean", image_size=32))
   c.batch_size = args["batch"]
   c.num_train_steps = 64_000
   c.base_batch_size = 128  # lr 0.1 at this batch

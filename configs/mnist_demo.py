@@ -19,7 +19,7 @@ def get_config(argument: str | None = None):
   c.model.update(dict(depth=args["depth"], dataset="cifar", plain=args["plain"], num_classes=10,
                       input_channels=1))
   c.data.update(dict(source="mnist_bundled", name="mnist_bundled", train_split="train",
-                     eval_split="test", augmentation="crop", pad=2))
+                     eval_split="test", augmentation="crop", pad=2, image_size=28))
   c.batch_size = args["batch"]
   c.eval_batch_size = 500
   c.num_train_steps = args["steps"]

@@ -31,7 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
       augmentation="crop_flip",
       pad=4,
       lighting_std=0.1,
-      image_size=224,  # streamed: the train crop and eval crop
+      image_size=224,  # the side of a train image (streamed: the train and eval crop)
       # streamed: antialiased resizing of train crops; off (bilinear, as the Flax and TPU reference
       # pipelines) doubles the images/s a core makes. Eval views are always antialiased.
       train_antialias=False,

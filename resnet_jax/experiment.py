@@ -73,9 +73,9 @@ class Experiment:
     return state, step, data_state
 
 
-def setup(config: ml_collections.ConfigDict) -> Experiment:
-  """Checks the config and loads what the run needs; every config error surfaces here, before
-  anything compiles."""
+def setup(config: ml_collections.ConfigDict, inputs: Inputs | None = None) -> Experiment:
+  """Checks the config and loads what the run needs (the config's data, unless `inputs` stands in
+  for it); every config error surfaces here, before anything compiles."""
   sharding.check_global_batch(config.eval_batch_size, "eval_batch_size")
   sharding.check_global_batch(config.batch_size, "batch_size")
   model_config = ModelConfig.from_mapping(config.model)
@@ -84,7 +84,7 @@ def setup(config: ml_collections.ConfigDict) -> Experiment:
         f"batch_size={config.batch_size} does not split into BN groups of "
         f"model.bn_group_size={model_config.bn_group_size}"
     )
-  inputs = make_inputs(config)
+  inputs = inputs or make_inputs(config)
   _check_inputs(model_config, inputs)
   model = nnx.eval_shape(lambda: build_model(model_config, seed=config.seed))
   steps_per_epoch = inputs.num_train // config.batch_size

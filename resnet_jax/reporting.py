@@ -8,11 +8,12 @@ from collections.abc import Mapping
 
 import jax
 import numpy as np
-from clu import metric_writers
 
 
 class Reporter:
   def __init__(self, workdir: str):
+    from clu import metric_writers  # imports TensorFlow: only where metrics are written
+
     self.is_writer = jax.process_index() == 0
     self.writer = metric_writers.create_default_writer(
         workdir, just_logging=not self.is_writer, asynchronous=True

@@ -1,12 +1,9 @@
-"""The trainer: one data-parallel loop for every config.
+"""The trainer: one data-parallel loop for every config, around the train step of train_step.py.
 
-The train step is a pure function of (state, batch), jitted over the device mesh with the state
-replicated and donated and the batch split on the `data` axis. Metrics are read back every few
-steps, which also checks the loss: a checkpoint is only written after every step before it has
-been seen finite.
+Metrics are read back every few steps, which also checks the loss: a checkpoint is only written
+after every step before it has been seen finite.
 """
 
-import functools
 import logging
 import math
 from typing import Any
@@ -14,71 +11,20 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-import optax
 from clu import parameter_overview, periodic_actions
-from flax import nnx
 
 from resnet_jax import sharding
 from resnet_jax.checkpoint import Checkpoints, PreemptionWatch
-from resnet_jax.evaluate import correct_top_k, describe, evaluate, write_record
-from resnet_jax.experiment import Experiment, TrainState, setup
+from resnet_jax.evaluate import describe, evaluate, write_record
+from resnet_jax.experiment import setup
 from resnet_jax.reporting import Reporter, fetch
+from resnet_jax.train_step import compile_train_step
 
 SYNC_EVERY = 10  # read metrics at least this often (see reporting.fetch)
 
 
 class TrainingDiverged(RuntimeError):
   """The loss became NaN or infinite."""
-
-
-def train_step(
-    state: TrainState,
-    batch: dict[str, jax.Array],
-    *,
-    graphdef: nnx.GraphDef,
-    optimizer: optax.GradientTransformation,
-    schedule: optax.Schedule,
-    label_smoothing: float,
-    ema_decay: float,
-) -> tuple[TrainState, dict[str, jax.Array]]:
-  labels = batch["label"]
-
-  def loss_fn(params):
-    model = nnx.merge(graphdef, params, state.batch_stats)
-    logits = model(batch["image"])
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
-    loss = optax.softmax_cross_entropy(logits, targets).mean()
-    return loss, (logits, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
-
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  ema_params = state.ema_params
-  if ema_params is not None:
-    ema_params = optax.incremental_update(params, ema_params, 1.0 - ema_decay)
-  metrics = {
-      "loss": loss,
-      "top1": correct_top_k(logits, labels, 1).mean(),
-      "top5": correct_top_k(logits, labels, 5).mean(),
-      "learning_rate": schedule(state.step),
-      "grad_norm": optax.global_norm(grads),
-  }
-  new_state = state.replace(
-      step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
-      ema_params=ema_params,
-  )
-  return new_state, metrics
-
-
-def compile_train_step(experiment: Experiment):
-  config = experiment.config
-  step = functools.partial(
-      train_step, graphdef=experiment.graphdef, optimizer=experiment.optimizer,
-      schedule=experiment.schedule, label_smoothing=config.label_smoothing,
-      ema_decay=config.ema_decay,
-  )
-  replicated = sharding.replicated(experiment.mesh)
-  return jax.jit(step, donate_argnums=0, out_shardings=(replicated, replicated))
 
 
 def _check_finite(metrics: list[dict[str, float]], first_step: int, checkpoints: Checkpoints) -> None:

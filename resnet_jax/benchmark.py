@@ -1,0 +1,254 @@
+"""Training speed: the real train step on synthetic data already on the devices.
+
+  python -m resnet_jax.benchmark --config=configs/imagenet.py:depth=50,dtype=bfloat16 --config.batch_size=256
+  python -m resnet_jax.benchmark --config=configs/cifar10.py:depth=20 --input_pipeline
+  python -m resnet_jax.benchmark --config=configs/imagenet.py:depth=50 --find_max_batch
+
+Prints compile time, step time (median, 10th/90th percentiles), images/s, the FLOPs of a train
+step per image (XLA's cost analysis of the compiled step beside 6x the model's multiply-adds),
+achieved TFLOP/s and MFU against the device's peak, and peak memory; then a JSON line.
+--input_pipeline also times the config's real input pipeline alone and feeding the step, to show
+which bounds the run. The synthetic path imports neither TensorFlow nor tfds.
+"""
+
+import json
+import statistics
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from resnet_jax import sharding
+from resnet_jax.data.inputs import Inputs
+from resnet_jax.experiment import Experiment, setup
+from resnet_jax.models import build_model
+from resnet_jax.models.flops import module_macs
+from resnet_jax.models.summary import describe
+from resnet_jax.train_step import compile_train_step
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "config file[:arguments]", lock_config=True)
+flags.DEFINE_integer("steps", 20, "timed steps")
+flags.DEFINE_integer("warmup", 3, "untimed steps after compiling")
+flags.DEFINE_bool("input_pipeline", False, "also time the config's input pipeline (needs its data)")
+flags.DEFINE_bool("find_max_batch", False, "search the largest per-device batch whose step fits in memory")
+flags.DEFINE_float("memory_limit_gb", 0.0, "memory per device for --find_max_batch (default: the device's)")
+flags.mark_flags_as_required(["config"])
+
+# Dense peak TFLOP/s (bfloat16, and float32 matmuls as the device runs them: TF32 tensor cores on
+# NVIDIA, bf16 passes on TPU), by a substring of jax's device_kind; first match wins.
+PEAK_TFLOPS = (
+    ("H100 PCIe", {"bfloat16": 756.0, "float32": 378.0}),
+    ("H100", {"bfloat16": 989.4, "float32": 494.7}),
+    ("H200", {"bfloat16": 989.4, "float32": 494.7}),
+    ("A100", {"bfloat16": 312.0, "float32": 156.0}),
+    ("TPU v4", {"bfloat16": 275.0, "float32": 275.0}),
+    ("TPU v5 lite", {"bfloat16": 197.0, "float32": 197.0}),
+    ("TPU v5", {"bfloat16": 459.0, "float32": 459.0}),
+    ("TPU v6 lite", {"bfloat16": 918.0, "float32": 918.0}),
+)
+
+
+def peak_tflops(device: jax.Device, dtype: str) -> tuple[float, str]:
+  """The device's peak for `dtype` from the table, else a measured large-matmul rate."""
+  for name, peaks in PEAK_TFLOPS:
+    if name in device.device_kind:
+      return peaks[dtype], f"{dtype} peak of {device.device_kind}"
+  return measured_matmul_tflops(jnp.dtype(dtype)), f"measured {dtype} matmul rate of {device.device_kind}"
+
+
+def measured_matmul_tflops(dtype: jnp.dtype, size: int = 1024, repeats: int = 5) -> float:
+  a = jnp.ones((size, size), dtype)
+  matmul = jax.jit(lambda x: x @ x)
+  matmul(a).block_until_ready()
+  start = time.perf_counter()
+  for _ in range(repeats):
+    matmul(a).block_until_ready()
+  return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e12
+
+
+def synthetic_inputs(config: ml_collections.ConfigDict) -> Inputs:
+  """Stands in for the config's data: only its facts, no reading."""
+  def no_data(*_):
+    raise RuntimeError("the benchmark's synthetic inputs hold no data")
+
+  return Inputs(num_train=config.batch_size * 1000, channels=config.model.input_channels,
+                num_classes=config.model.num_classes or 1000, train=no_data, eval_batches=no_data)
+
+
+def synthetic_batch(experiment: Experiment, per_process_batch: int) -> dict[str, jax.Array]:
+  size, channels = experiment.config.data.image_size, experiment.model_config.input_channels
+  rng = np.random.default_rng(0)
+  local = {
+      "image": rng.standard_normal((per_process_batch, size, size, channels), np.float32),
+      "label": rng.integers(0, experiment.model_config.num_classes, per_process_batch).astype(np.int32),
+  }
+  return sharding.global_batch(local, experiment.mesh)
+
+
+def compile_step(experiment: Experiment, state: Any, batch: dict[str, jax.Array]) -> tuple[Any, float]:
+  start = time.perf_counter()
+  compiled = compile_train_step(experiment).lower(state, batch).compile()
+  return compiled, time.perf_counter() - start
+
+
+def time_steps(compiled: Any, state: Any, next_batch, warmup: int, steps: int) -> tuple[list[float], Any]:
+  """Seconds per step, each waited for (which also keeps CPU collectives from piling up)."""
+  times = []
+  for i in range(warmup + steps):
+    batch = next_batch()
+    start = time.perf_counter()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    if i >= warmup:
+      times.append(time.perf_counter() - start)
+  return times, state
+
+
+def memory_estimate(compiled: Any) -> int:
+  """Bytes the compiled step needs on a device: arguments, outputs not aliased to them, temporaries."""
+  stats = compiled.memory_analysis()
+  return stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes + stats.temp_size_in_bytes
+
+
+def largest_batch(config: ml_collections.ConfigDict, limit_bytes: float) -> tuple[int, dict[int, int]]:
+  """The largest per-device batch whose compiled step fits in `limit_bytes` (0 if none), found by
+  doubling or halving from the config's batch and then bisecting; also each size tried, with its
+  bytes. Only compiles: XLA's memory analysis gives the bytes without running anything."""
+  devices = jax.device_count()
+  tried: dict[int, int] = {}
+
+  def fits(per_device: int) -> bool:
+    trial = ml_collections.ConfigDict(config.to_dict())
+    trial.batch_size = per_device * devices
+    experiment = setup(trial, synthetic_inputs(trial))
+    state = experiment.abstract_state()
+    batch = jax.eval_shape(lambda: synthetic_batch(experiment, trial.batch_size // jax.process_count()))
+    batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.batch_sharded(experiment.mesh)), batch)
+    tried[per_device] = memory_estimate(compile_train_step(experiment).lower(state, batch).compile())
+    return tried[per_device] <= limit_bytes
+
+  start = max(1, config.batch_size // devices)
+  if fits(start):
+    low, high = start, start * 2
+    while fits(high):
+      low, high = high, high * 2
+  else:
+    low, high = start // 2, start
+    while low and not fits(low):
+      low, high = low // 2, low
+  while low and high - low > 1:
+    middle = (low + high) // 2
+    low, high = (middle, high) if fits(middle) else (low, middle)
+  return low, tried
+
+
+def run(config: ml_collections.ConfigDict, steps: int, warmup: int, input_pipeline: bool) -> dict[str, Any]:
+  experiment = setup(config, synthetic_inputs(config))
+  devices = jax.device_count()
+  per_process = config.batch_size // jax.process_count()
+  state = experiment.initial_state()
+  batch = synthetic_batch(experiment, per_process)
+  compiled, compile_s = compile_step(experiment, state, batch)
+  times, state = time_steps(compiled, state, lambda: batch, warmup, steps)
+  step_s = statistics.median(times)
+  images_per_s = config.batch_size / step_s
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  xla_flops = cost.get("flops", 0.0) * devices / config.batch_size  # the cost is one device's program
+  size = config.data.image_size
+  macs, _ = module_macs(build_model(experiment.model_config), jax.ShapeDtypeStruct(
+      (1, size, size, experiment.model_config.input_channels), jnp.float32))
+  device = jax.devices()[0]
+  peak, peak_source = peak_tflops(device, experiment.model_config.dtype)
+  achieved = xla_flops * images_per_s / devices / 1e12  # per device
+  memory = device.memory_stats() or {}
+  result = {
+      "model": describe(experiment.model_config), "image_size": size, "dtype": experiment.model_config.dtype,
+      "device": device.device_kind, "platform": device.platform, "devices": devices,
+      "batch": config.batch_size, "per_device_batch": config.batch_size // devices,
+      "compile_s": compile_s, "step_ms_median": 1e3 * step_s,
+      "step_ms_p10": 1e3 * float(np.percentile(times, 10)), "step_ms_p90": 1e3 * float(np.percentile(times, 90)),
+      "steps": steps, "images_per_s": images_per_s, "images_per_s_per_device": images_per_s / devices,
+      "train_gflops_per_image_xla": xla_flops / 1e9, "train_gflops_per_image_analytic": 6 * macs / 1e9,
+      "tflops_per_device": achieved, "peak_tflops": peak, "peak_source": peak_source, "mfu": achieved / peak,
+      "memory_bytes": memory.get("peak_bytes_in_use") or memory_estimate(compiled),
+      "memory_source": "device peak" if memory.get("peak_bytes_in_use") else "compiled step's estimate",
+  }
+  if input_pipeline:
+    result.update(time_input(experiment, compiled, state, steps, warmup))
+  return result
+
+
+def time_input(experiment: Experiment, compiled: Any, state: Any, steps: int, warmup: int) -> dict[str, float]:
+  """Images/s of the config's input pipeline alone, and of the step fed by it."""
+  from resnet_jax.data.inputs import make_inputs
+
+  config = experiment.config
+  batches = make_inputs(config).train(0)
+  for _ in range(warmup):
+    next(batches)
+  start = time.perf_counter()
+  for _ in range(steps):
+    next(batches)
+  input_rate = steps * config.batch_size / (time.perf_counter() - start)
+  times, _ = time_steps(compiled, state, lambda: sharding.global_batch(next(batches), experiment.mesh), warmup, steps)
+  return {"input_images_per_s": input_rate, "fed_images_per_s": steps * config.batch_size / sum(times)}
+
+
+def format_report(r: dict[str, Any]) -> str:
+  rows = [
+      ("model", f"{r['model']}, {r['image_size']}x{r['image_size']}"),
+      ("devices", f"{r['devices']} x {r['device']} ({r['platform']})"),
+      ("batch", f"{r['batch']} ({r['per_device_batch']} per device)"),
+      ("compile", f"{r['compile_s']:.1f} s"),
+      ("step time", f"{r['step_ms_median']:.1f} ms median (p10 {r['step_ms_p10']:.1f}, p90 {r['step_ms_p90']:.1f}; {r['steps']} steps)"),
+      ("images/s", f"{r['images_per_s']:,.0f} ({r['images_per_s_per_device']:,.0f} per device)"),
+      ("train GFLOPs/image", f"{r['train_gflops_per_image_xla']:.3f} (XLA); 6 x multiply-adds "
+                             f"{r['train_gflops_per_image_analytic']:.3f} (ratio "
+                             f"{r['train_gflops_per_image_xla'] / r['train_gflops_per_image_analytic']:.2f})"),
+      ("achieved", f"{r['tflops_per_device']:.3g} TFLOP/s per device; MFU {100 * r['mfu']:.1f}% of "
+                   f"{r['peak_tflops']:.3g} ({r['peak_source']})"),
+      ("memory", f"{r['memory_bytes'] / 2**30:.2f} GiB per device ({r['memory_source']})"),
+  ]
+  if "input_images_per_s" in r:
+    bound = "input" if r["input_images_per_s"] < r["images_per_s"] else "compute"
+    rows += [
+        ("input pipeline", f"{r['input_images_per_s']:,.0f} images/s alone"),
+        ("step fed by it", f"{r['fed_images_per_s']:,.0f} images/s: bound by {bound}"),
+    ]
+  if "max_per_device_batch" in r:
+    rows.append(("largest batch", f"{r['max_per_device_batch']} per device within {r['memory_limit_gb']:.2f} GB"))
+  return "\n".join(f"{name:<20}{value}" for name, value in rows)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  absl_logging.set_verbosity(absl_logging.WARNING)  # the report is the output
+  config = FLAGS.config
+  try:
+    result = run(config, FLAGS.steps, FLAGS.warmup, FLAGS.input_pipeline)
+    if FLAGS.find_max_batch:
+      limit = FLAGS.memory_limit_gb * 1e9 or (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
+      if not limit:
+        raise ValueError(f"{jax.devices()[0].device_kind} reports no memory limit; pass --memory_limit_gb")
+      result["max_per_device_batch"], tried = largest_batch(config, limit)
+      if not result["max_per_device_batch"]:
+        raise ValueError(f"not even a per-device batch of 1 fits in {limit / 1e9:.2f} GB")
+      result["memory_limit_gb"] = limit / 1e9
+      result["tried_bytes"] = tried
+  except ValueError as error:
+    raise SystemExit(f"error: {error}") from None
+  print(format_report(result))
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  app.run(main)

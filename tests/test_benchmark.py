@@ -1,0 +1,55 @@
+"""The benchmark command: its numbers agree with each other, it runs without TensorFlow, and the
+largest-batch search stops at the memory limit. (Speed itself is never asserted.)"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import load_config
+
+ROOT = __import__("pathlib").Path(__file__).parent.parent
+
+# Makes `import tensorflow` fail, as on a GPU machine that carries only JAX.
+BLOCK_TENSORFLOW = '''
+import sys
+class BlockTensorFlow:
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] in ("tensorflow", "tensorflow_datasets"):
+      raise ImportError(f"{name} is blocked in this test")
+sys.meta_path.insert(0, BlockTensorFlow())
+'''
+
+
+def test_benchmark_reports_consistent_numbers_on_eight_devices_without_tensorflow(tmp_path):
+  (tmp_path / "sitecustomize.py").write_text(BLOCK_TENSORFLOW)
+  env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path),
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  result = subprocess.run(
+      [sys.executable, "-m", "resnet_jax.benchmark", "--config=configs/mnist_demo.py:depth=8,batch=32",
+       "--config.eval_batch_size=32", "--steps=4", "--warmup=1", "--input_pipeline"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=400,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report["devices"] == 8 and report["per_device_batch"] == 4 and report["image_size"] == 28
+  assert report["images_per_s"] == pytest.approx(32 / (report["step_ms_median"] / 1e3))
+  assert report["step_ms_p10"] <= report["step_ms_median"] <= report["step_ms_p90"]
+  # XLA's count of the whole step per image, against 6 x the forward multiply-adds: the same
+  # model, so within 25% (XLA adds BN and elementwise work, the analytic count only convs and fc).
+  ratio = report["train_gflops_per_image_xla"] / report["train_gflops_per_image_analytic"]
+  assert 0.75 < ratio < 1.25
+  assert report["mfu"] == pytest.approx(report["tflops_per_device"] / report["peak_tflops"])
+  assert report["memory_bytes"] > 0 and report["input_images_per_s"] > 0 and report["fed_images_per_s"] > 0
+  assert "MFU" in result.stdout and "bound by" in result.stdout
+
+
+def test_largest_batch_is_the_last_that_fits_the_memory_limit():
+  from resnet_jax.benchmark import largest_batch
+  config = load_config("mnist_demo", "depth=8,batch=8")
+  found, tried = largest_batch(config, limit_bytes=1)  # nothing fits in a byte
+  assert found == 0 and sorted(tried) == [1, 2, 4, 8]
+  limit = tried[8] * 3
+  found, tried = largest_batch(config, limit)
+  assert found > 8 and tried[found] <= limit < tried[found + 1]  # both sides of the boundary tried
