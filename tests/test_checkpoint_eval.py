@@ -113,6 +113,14 @@ def test_config_errors_are_clear_and_come_before_compiling(monkeypatch):
   bad.model.bn_group_size = 48
   with pytest.raises(ValueError, match="BN groups"):
     setup(bad)
+  bad = config.copy_and_resolve_references()
+  bad.model.num_classes = 5
+  with pytest.raises(ValueError, match="the data has 10 classes but model.num_classes=5"):
+    setup(bad)
+  bad = config.copy_and_resolve_references()
+  bad.data.eval_view = "10crop"
+  with pytest.raises(ValueError, match="eval_view='10crop' needs a streamed ImageNet-style source"):
+    setup(bad)
   monkeypatch.setattr(jax, "device_count", lambda: 8)
   with pytest.raises(ValueError, match="batch_size=100 does not divide evenly over 8 devices"):
     bad = config.copy_and_resolve_references()

@@ -44,6 +44,11 @@ def make_inputs(config: Any) -> Inputs:
   d = config.data
   if d.source == "folder" or d.source == "tfds" and not tfds_has_fixed_shape(d.name, d.data_dir or None):
     return _stream_inputs(config)
+  if d.eval_view != "center":
+    raise ValueError(
+        f"eval_view={d.eval_view!r} needs a streamed ImageNet-style source (folder, or tfds with images "
+        f"of varying size); {d.name} is held in memory and scored on its whole images"
+    )
   data_dir = d.data_dir or None
   train_split = load_split(d.source, d.name, d.train_split, data_dir)
   eval_split = load_split(d.source, d.name, d.eval_split, data_dir)
