@@ -82,12 +82,20 @@ def synthetic_inputs(config: ml_collections.ConfigDict) -> Inputs:
                 num_classes=config.model.num_classes or 1000, train=no_data, eval_batches=no_data)
 
 
-def synthetic_batch(experiment: Experiment, per_process_batch: int) -> dict[str, jax.Array]:
+def batch_shapes(experiment: Experiment, global_batch: int) -> dict[str, jax.ShapeDtypeStruct]:
   size, channels = experiment.config.data.image_size, experiment.model_config.input_channels
+  split = sharding.batch_sharded(experiment.mesh)
+  return {"image": jax.ShapeDtypeStruct((global_batch, size, size, channels), jnp.float32, sharding=split),
+          "label": jax.ShapeDtypeStruct((global_batch,), jnp.int32, sharding=split)}
+
+
+def synthetic_batch(experiment: Experiment) -> dict[str, jax.Array]:
+  """Random images and labels of the config's batch, on the devices."""
+  shapes = batch_shapes(experiment, experiment.config.batch_size // jax.process_count())
   rng = np.random.default_rng(0)
   local = {
-      "image": rng.standard_normal((per_process_batch, size, size, channels), np.float32),
-      "label": rng.integers(0, experiment.model_config.num_classes, per_process_batch).astype(np.int32),
+      "image": rng.standard_normal(shapes["image"].shape, np.float32),
+      "label": rng.integers(0, experiment.model_config.num_classes, shapes["label"].shape).astype(np.int32),
   }
   return sharding.global_batch(local, experiment.mesh)
 
@@ -128,10 +136,8 @@ def largest_batch(config: ml_collections.ConfigDict, limit_bytes: float) -> tupl
     trial = ml_collections.ConfigDict(config.to_dict())
     trial.batch_size = per_device * devices
     experiment = setup(trial, synthetic_inputs(trial))
-    state = experiment.abstract_state()
-    batch = jax.eval_shape(lambda: synthetic_batch(experiment, trial.batch_size // jax.process_count()))
-    batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.batch_sharded(experiment.mesh)), batch)
-    tried[per_device] = memory_estimate(compile_train_step(experiment).lower(state, batch).compile())
+    step = compile_train_step(experiment).lower(experiment.abstract_state(), batch_shapes(experiment, trial.batch_size))
+    tried[per_device] = memory_estimate(step.compile())
     return tried[per_device] <= limit_bytes
 
   start = max(1, config.batch_size // devices)
@@ -152,9 +158,8 @@ def largest_batch(config: ml_collections.ConfigDict, limit_bytes: float) -> tupl
 def run(config: ml_collections.ConfigDict, steps: int, warmup: int, input_pipeline: bool) -> dict[str, Any]:
   experiment = setup(config, synthetic_inputs(config))
   devices = jax.device_count()
-  per_process = config.batch_size // jax.process_count()
   state = experiment.initial_state()
-  batch = synthetic_batch(experiment, per_process)
+  batch = synthetic_batch(experiment)
   compiled, compile_s = compile_step(experiment, state, batch)
   times, state = time_steps(compiled, state, lambda: batch, warmup, steps)
   step_s = statistics.median(times)

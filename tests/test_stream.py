@@ -8,7 +8,7 @@ import tensorflow as tf
 from resnet_jax.data import augment
 from resnet_jax.data import DatasetNotPrepared
 from resnet_jax.data.prepare import prepare
-from resnet_jax.data.stream import FolderSource, TfdsSource, eval_stream, shape_group, train_stream, views_function
+from resnet_jax.data.stream import FolderSource, TfdsSource, eval_stream, shape_groups, train_stream, views_function
 
 CLASSES = ["n01440764", "n01443537", "n01484850"]  # sorted synset folder names
 
@@ -133,7 +133,7 @@ def test_multiscale_eval_batches_images_by_shape_and_scores_each_once(source, pr
   views = views_function("multiscale", resize=0, crop=0, scales=(8, 12))
   seen, shapes = [], set()
   for p in range(processes):
-    batches = list(eval_stream(source, 2, views, group_by=shape_group, process_index=p, process_count=processes))
+    batches = list(eval_stream(source, 2, views, groups=shape_groups(source), process_index=p, process_count=processes))
     assert len(batches) == 8
     for batch in batches:
       small, large = batch["image"]

@@ -5,6 +5,7 @@ step, eval batches, and the facts the config is checked against.
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -88,7 +89,8 @@ def _stream_inputs(config: Any) -> Inputs:
     raise ValueError(f"unknown augmentation {d.augmentation!r} for a streamed data set; valid: paper, inception")
   train_augment = train_augmentations[d.augmentation]
   views = stream.views_function(d.eval_view, d.eval_resize, d.image_size, d.eval_scales)
-  group_by = stream.shape_group if d.eval_view == "multiscale" else None
+  # Multi-scale batches group images by shape: read every header once, at the first evaluation.
+  eval_groups = functools.cache(lambda: stream.shape_groups(eval_source) if d.eval_view == "multiscale" else None)
   process = dict(process_index=jax.process_index(), process_count=jax.process_count())
   return Inputs(
       num_train=len(train_source), channels=3, num_classes=train_source.num_classes,
@@ -97,5 +99,5 @@ def _stream_inputs(config: Any) -> Inputs:
           seed=config.seed, step=step, **process), step),
       eval_batches=lambda: stream.eval_stream(
           eval_source, config.eval_batch_size, lambda b: augment.normalize(views(b), mean, std),
-          group_by=group_by, **process),
+          groups=eval_groups(), **process),
   )

@@ -154,7 +154,7 @@ def eval_stream(
     global_batch: int,
     views: Callable[[tf.Tensor], tf.Tensor | tuple[tf.Tensor, ...]],
     *,
-    group_by: Callable[[tf.Tensor], tf.Tensor] | None = None,
+    groups: np.ndarray | None = None,
     process_index: int = 0,
     process_count: int = 1,
 ) -> Iterator[dict[str, np.ndarray]]:
@@ -162,11 +162,11 @@ def eval_stream(
   repeat of its last example), `mask` marks the real examples. `views(image_bytes)` returns
   (V, H, W, C), e.g. 1 center crop or 10 crops, or a tuple of such (one per scale).
 
-  `group_by(image_bytes)` (an int) puts examples of different view shapes in separate batches; it
-  is read once over the whole split first, the same on every process.
+  `groups` (an int per example, e.g. from `shape_groups`) puts examples whose views differ in
+  shape in separate batches.
   """
   share = process_slice(global_batch, process_index, process_count)
-  indices, mask = _eval_plan(source, global_batch, group_by)
+  indices, mask = _eval_plan(np.zeros(len(source), np.int64) if groups is None else groups, global_batch)
   indices, mask = indices[:, share].ravel(), mask[:, share].ravel()
   read = source.reader()
 
@@ -179,16 +179,9 @@ def eval_stream(
   return iter(dataset.batch(share.stop - share.start).prefetch(2).as_numpy_iterator())
 
 
-def _eval_plan(source, global_batch: int, group_by) -> tuple[np.ndarray, np.ndarray]:
+def _eval_plan(groups: np.ndarray, global_batch: int) -> tuple[np.ndarray, np.ndarray]:
   """(batches, global_batch) example indices and masks: the examples of each group in order, each
   group's last batch padded with its last example."""
-  n = len(source)
-  if group_by is None:
-    groups = np.zeros(n, np.int64)
-  else:
-    read = source.reader()
-    scan = tf.data.Dataset.range(n).map(lambda i: group_by(read(i)[0]), num_parallel_calls=tf.data.AUTOTUNE)
-    groups = np.fromiter(scan.as_numpy_iterator(), np.int64, count=n)
   rows = []
   for group in np.unique(groups):
     members = np.flatnonzero(groups == group)
@@ -197,6 +190,19 @@ def _eval_plan(source, global_batch: int, group_by) -> tuple[np.ndarray, np.ndar
                           np.arange(padded) < len(members)]).reshape(2, -1, global_batch))
   plan = np.concatenate(rows, axis=1)
   return plan[0], plan[1].astype(np.float32)
+
+
+def shape_groups(source) -> np.ndarray:
+  """Each example's multi-scale shape bucket, from its image header; one pass over the split, the
+  same on every process."""
+  read = source.reader()
+
+  def bucket(index):
+    shape = augment.image_shape(read(index)[0])
+    return tf.cast(augment.aspect_bucket(shape[0], shape[1]), tf.int64)
+
+  scan = tf.data.Dataset.range(len(source)).map(bucket, num_parallel_calls=tf.data.AUTOTUNE)
+  return np.fromiter(scan.as_numpy_iterator(), np.int64, count=len(source))
 
 
 def views_function(kind: str, resize: int, crop: int, scales: tuple[int, ...] = ()) -> Callable[[tf.Tensor], Any]:
@@ -208,9 +214,3 @@ def views_function(kind: str, resize: int, crop: int, scales: tuple[int, ...] = 
   if kind == "multiscale":
     return lambda image_bytes: augment.multiscale_views(image_bytes, scales=tuple(scales))
   raise ValueError(f"unknown eval view {kind!r}; valid: center, 10crop, multiscale")
-
-
-def shape_group(image_bytes: tf.Tensor) -> tf.Tensor:
-  """The multi-scale views' shape bucket of an image, read from its header."""
-  shape = augment.image_shape(image_bytes)
-  return tf.cast(augment.aspect_bucket(shape[0], shape[1]), tf.int64)
