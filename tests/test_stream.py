@@ -1,6 +1,9 @@
 """The streamed pipeline over an image folder and a tfds array_record build: labels, order, resume,
 process split, eval coverage, and the errors for data that is not prepared."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -115,8 +118,11 @@ def test_unprepared_imagenet_says_where_the_tars_go_and_how_to_build(tmp_path):
   message = str(error.value)
   assert "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar" in message
   assert f"python -m resnet_jax.data.prepare imagenet2012 --data_dir={tmp_path} --manual_dir=MANUAL" in message
-  with pytest.raises(FileNotFoundError, match="ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar not found"):
-    prepare("imagenet2012", str(tmp_path), str(tmp_path))
+  command = [sys.executable, "-m", "resnet_jax.data.prepare", "imagenet2012", f"--data_dir={tmp_path}",
+             f"--manual_dir={tmp_path}"]
+  result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1
+  assert "error: ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar not found" in result.stderr
 
 
 def test_a_sequential_tfrecord_build_is_refused_with_the_rebuild_command(fake_imagenet, tmp_path):
