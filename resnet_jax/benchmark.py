@@ -5,8 +5,10 @@
   python -m resnet_jax.benchmark --config=configs/imagenet.py:depth=50 --find_max_batch
 
 Prints compile time, step time (median, 10th/90th percentiles), images/s, the FLOPs of a train
-step per image (XLA's cost analysis of the compiled step beside 6x the model's multiply-adds),
-achieved TFLOP/s and MFU against the device's peak, and peak memory; then a JSON line.
+step per image (XLA's cost analysis of the compiled step beside 6x the model's multiply-adds), the
+bytes it moves per image and so its arithmetic intensity (below the device's peak FLOP/s over its
+bandwidth, ~300 FLOP/byte for an H100 in bf16, memory bounds the step), achieved TFLOP/s and MFU
+against the device's peak, and peak memory; then a JSON line.
 --input_pipeline also times the config's real input pipeline alone and feeding the step, to show
 which bounds the run. The synthetic path imports neither TensorFlow nor tfds.
 """
@@ -167,6 +169,7 @@ def run(config: ml_collections.ConfigDict, steps: int, warmup: int, input_pipeli
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   xla_flops = cost.get("flops", 0.0) * devices / config.batch_size  # the cost is one device's program
+  xla_bytes = cost.get("bytes accessed", 0.0) * devices / config.batch_size
   size = config.data.image_size
   macs, _ = module_macs(build_model(experiment.model_config), jax.ShapeDtypeStruct(
       (1, size, size, experiment.model_config.input_channels), jnp.float32))
@@ -182,6 +185,7 @@ def run(config: ml_collections.ConfigDict, steps: int, warmup: int, input_pipeli
       "step_ms_p10": 1e3 * float(np.percentile(times, 10)), "step_ms_p90": 1e3 * float(np.percentile(times, 90)),
       "steps": steps, "images_per_s": images_per_s, "images_per_s_per_device": images_per_s / devices,
       "train_gflops_per_image_xla": xla_flops / 1e9, "train_gflops_per_image_analytic": 6 * macs / 1e9,
+      "train_mb_accessed_per_image_xla": xla_bytes / 1e6,
       "tflops_per_device": achieved, "peak_tflops": peak, "peak_source": peak_source, "mfu": achieved / peak,
       "memory_bytes": memory.get("peak_bytes_in_use") or memory_estimate(compiled),
       "memory_source": "device peak" if memory.get("peak_bytes_in_use") else "compiled step's estimate",
@@ -218,6 +222,9 @@ def format_report(r: dict[str, Any]) -> str:
       ("train GFLOPs/image", f"{r['train_gflops_per_image_xla']:.3f} (XLA); 6 x multiply-adds "
                              f"{r['train_gflops_per_image_analytic']:.3f} (ratio "
                              f"{r['train_gflops_per_image_xla'] / r['train_gflops_per_image_analytic']:.2f})"),
+      ("memory traffic", f"{r['train_mb_accessed_per_image_xla']:.1f} MB/image (XLA): "
+                         f"{r['train_gflops_per_image_xla'] * 1e3 / r['train_mb_accessed_per_image_xla']:.0f} "
+                         f"FLOP/byte"),
       ("achieved", f"{r['tflops_per_device']:.3g} TFLOP/s per device; MFU {100 * r['mfu']:.1f}% of "
                    f"{r['peak_tflops']:.3g} ({r['peak_source']})"),
       ("memory", f"{r['memory_bytes'] / 2**30:.2f} GiB per device ({r['memory_source']})"),

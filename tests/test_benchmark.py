@@ -41,6 +41,7 @@ def test_benchmark_reports_consistent_numbers_on_eight_devices_without_tensorflo
   ratio = report["train_gflops_per_image_xla"] / report["train_gflops_per_image_analytic"]
   assert 0.75 < ratio < 1.25
   assert report["mfu"] == pytest.approx(report["tflops_per_device"] / report["peak_tflops"])
+  assert report["train_mb_accessed_per_image_xla"] > 0
   assert report["memory_bytes"] > 0 and report["input_images_per_s"] > 0 and report["fed_images_per_s"] > 0
   assert "MFU" in result.stdout and "bound by" in result.stdout
 
