@@ -95,32 +95,17 @@ def test_config_errors_are_clear_and_come_before_compiling(monkeypatch):
   cases = [
       ("batch_size", 0, "batch_size must be a positive integer"),
       ("eval_batch_size", -4, "eval_batch_size must be a positive integer"),
+      ("model.depth", 9, "6n\\+2"),
+      ("model.input_channels", 3, "1 channel"),
+      ("model.bn_group_size", 48, "BN groups"),
+      ("model.num_classes", 5, "the data has 10 classes but model.num_classes=5"),
+      ("data.eval_view", "10crop", "eval_view='10crop' needs a streamed ImageNet-style source"),
   ]
   for field, value, message in cases:
     bad = config.copy_and_resolve_references()
-    bad[field] = value
+    bad.update_from_flattened_dict({field: value})
     with pytest.raises(ValueError, match=message):
       setup(bad)
-  bad = config.copy_and_resolve_references()
-  bad.model.depth = 9
-  with pytest.raises(ValueError, match="6n\\+2"):
-    setup(bad)
-  bad = config.copy_and_resolve_references()
-  bad.model.input_channels = 3
-  with pytest.raises(ValueError, match="1 channel"):
-    setup(bad)
-  bad = config.copy_and_resolve_references()
-  bad.model.bn_group_size = 48
-  with pytest.raises(ValueError, match="BN groups"):
-    setup(bad)
-  bad = config.copy_and_resolve_references()
-  bad.model.num_classes = 5
-  with pytest.raises(ValueError, match="the data has 10 classes but model.num_classes=5"):
-    setup(bad)
-  bad = config.copy_and_resolve_references()
-  bad.data.eval_view = "10crop"
-  with pytest.raises(ValueError, match="eval_view='10crop' needs a streamed ImageNet-style source"):
-    setup(bad)
   monkeypatch.setattr(jax, "device_count", lambda: 8)
   with pytest.raises(ValueError, match="batch_size=100 does not divide evenly over 8 devices"):
     bad = config.copy_and_resolve_references()
