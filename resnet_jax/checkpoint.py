@@ -82,12 +82,16 @@ class Checkpoints:
 
 
 class PreemptionWatch:
-  """Turns SIGTERM into a flag the train loop checks at each step boundary."""
+  """Turns SIGTERM into a flag the train loop checks at each step boundary.
+
+  Over several processes, JAX's distributed runtime already takes SIGTERM (its preemption
+  notifier), so the handler is left to it.
+  """
 
   def __init__(self):
     self._event = threading.Event()
     self._previous = None
-    if threading.current_thread() is threading.main_thread():
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._on_signal)
 
   def _on_signal(self, signum, frame) -> None:

@@ -111,6 +111,7 @@ def write_record(workdir: str, step: int, config: Any, results: dict, weights: s
 def main(argv: list[str]) -> None:
   from absl import flags
 
+  from resnet_jax import distributed
   from resnet_jax.checkpoint import Checkpoints
   from resnet_jax.experiment import setup
 
@@ -120,6 +121,7 @@ def main(argv: list[str]) -> None:
   config, workdir = FLAGS.config, FLAGS.workdir
   if not (pathlib.Path(workdir) / "checkpoints").is_dir():
     raise SystemExit(f"error: no checkpoints in {workdir}; train first with python -m resnet_jax.main")
+  distributed.initialize()
   experiment = setup(config)
   checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints, keep_best=config.keep_best)
   try:
@@ -132,13 +134,16 @@ def main(argv: list[str]) -> None:
   for weights, params in scored:
     results = evaluate(experiment, params, state.batch_stats)
     path = write_record(workdir, step, config, results, weights)
-    print(f"step {step} ({weights} weights), {config.data.name} {config.data.eval_split}: "
-          f"{describe(results)}; wrote {path}")
+    if jax.process_index() == 0:
+      print(f"step {step} ({weights} weights), {config.data.name} {config.data.eval_split}: "
+            f"{describe(results)}; wrote {path}")
 
 
 if __name__ == "__main__":
   from absl import app, flags
   from ml_collections import config_flags
+
+  import resnet_jax.distributed  # noqa: F401  (its flags)
 
   config_flags.DEFINE_config_file("config", None, "config file[:arguments]", lock_config=True)
   flags.DEFINE_string("workdir", None, "the run's directory (holds checkpoints/)")

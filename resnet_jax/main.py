@@ -2,15 +2,18 @@
 
   python -m resnet_jax.main --config=configs/cifar10.py:depth=56 --workdir=runs/cifar56
 
-Running the same command again on the same workdir resumes from its newest checkpoint.
+Running the same command again on the same workdir resumes from its newest checkpoint. A run over
+several processes starts every process with the same command (see launch/ and distributed.py).
 """
 
 import logging
+import os
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from resnet_jax import distributed
 from resnet_jax.data import DatasetNotPrepared
 from resnet_jax.reporting import quiet_libraries
 
@@ -24,16 +27,41 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   quiet_libraries()
+  import jax
+
   from resnet_jax.train import TrainingDiverged, train_and_evaluate
 
   try:
+    distributed.initialize()
     outcome = train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (TrainingDiverged, DatasetNotPrepared, ValueError) as error:
     logging.error("%s", error)
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)
-  if outcome["preempted"]:
+  except jax.errors.JaxRuntimeError as error:
+    if jax.process_count() == 1:
+      raise
+    _stop_after_lost_process(error)
+  if outcome["preempted"] and jax.process_index() == 0:
     print(f"preempted at step {outcome['step']}; checkpoint saved. Rerun the same command to resume.")
+
+
+def _stop_after_lost_process(error: Exception) -> None:
+  """Ends this process when a collective with the others failed, which means one of them died.
+
+  It exits at once: JAX's shutdown at exit would wait at a barrier for the dead process and then
+  abort with a C++ stack trace.
+  """
+  message = (
+      f"error: a collective with the other processes failed ({str(error).splitlines()[0][:300]}); "
+      f"another process of this run has probably died, see its log. The checkpoints in "
+      f"{os.path.join(FLAGS.workdir, 'checkpoints')} are intact: start the same command on every "
+      f"process to resume."
+  )
+  logging.error("%s", message)
+  print(message, file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(1)
 
 
 if __name__ == "__main__":

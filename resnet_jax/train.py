@@ -104,8 +104,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if results is None:  # the run was already complete: report its final numbers again
       results = _evaluate_and_report(experiment, state, total, reporter)
     path = write_record(workdir, total, config, results)
-    print(f"final ({total} steps), {config.data.name} {config.data.eval_split}: {describe(results)}")
-    print(f"results: {path}; TensorBoard: tensorboard --logdir {workdir}")
+    if jax.process_index() == 0:
+      print(f"final ({total} steps), {config.data.name} {config.data.eval_split}: {describe(results)}")
+      print(f"results: {path}; TensorBoard: tensorboard --logdir {workdir}")
     return {"preempted": False, "step": total, **results}
   finally:
     preemption.restore_handler()

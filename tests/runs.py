@@ -1,0 +1,70 @@
+"""Running the trainer as a user does (`python -m resnet_jax.main` in fresh processes) and reading
+what a run leaves in its workdir; shared by the trainer and multi-host tests.
+
+Tiny settings (ResNet-8 on 28x28 MNIST digits, batch 32) keep each run to seconds of training.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).parent.parent
+TINY = "configs/mnist_demo.py:depth=8,batch=32,steps={steps}"
+COMMON = ["--config.eval_batch_size=96", "--config.log_every_steps=1", "--config.eval_every_epochs=0"]
+
+
+def command(module, workdir, steps, *overrides):
+  return [sys.executable, "-m", module, f"--config={TINY.format(steps=steps)}",
+          f"--workdir={workdir}", *COMMON, *overrides]
+
+
+def environment(devices):
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  return env
+
+
+def train(workdir, steps, *overrides, devices=1, module="resnet_jax.main"):
+  return subprocess.run(command(module, workdir, steps, *overrides), cwd=ROOT, env=environment(devices),
+                        capture_output=True, text=True, timeout=400)
+
+
+def start(workdir, steps, *overrides):
+  return subprocess.Popen(command("resnet_jax.main", workdir, steps, *overrides), cwd=ROOT,
+                          env=environment(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def saved_steps(workdir):
+  directory = pathlib.Path(workdir) / "checkpoints"
+  return sorted(int(p.name) for p in directory.glob("*") if p.name.isdigit()) if directory.exists() else []
+
+
+def read_state(workdir, step=None):
+  """A checkpoint's train state on this process's one device, whatever device count wrote it."""
+  import jax
+  import orbax.checkpoint as ocp
+  path = pathlib.Path(workdir).absolute() / "checkpoints" / str(step or saved_steps(workdir)[-1]) / "state"
+  checkpointer = ocp.StandardCheckpointer()
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        checkpointer.metadata(path).item_metadata.tree)
+  return checkpointer.restore(path, target)
+
+
+def losses(workdir):
+  """Loss per step; after a resume the repeated steps' last values count."""
+  by_step = {}
+  for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines():
+    record = json.loads(line)
+    if "train/loss" in record:
+      by_step[record["step"]] = record["train/loss"]
+  return by_step
+
+
+def leaves(tree):
+  import jax
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
