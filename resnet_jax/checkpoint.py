@@ -81,6 +81,35 @@ class Checkpoints:
     self.manager.close()
 
 
+def restore_weights(directory: str | pathlib.Path, abstract_weights: dict) -> dict:
+  """Reads only the weights (e.g. {"params", "batch_stats"}) from the `state` item of a checkpoint
+  directory: one step of a run's checkpoints, or what `resnet_jax.convert` writes."""
+  path = pathlib.Path(directory).absolute() / "state"
+  if not path.is_dir():
+    raise FileNotFoundError(f"{directory} holds no checkpoint (no state/ inside); give a run's "
+                            f"checkpoints/STEP directory or the output of python -m resnet_jax.convert")
+  checkpointer = ocp.PyTreeCheckpointer()
+  saved = _shapes(checkpointer.metadata(path).item_metadata.tree)
+  wanted = _shapes(abstract_weights)
+  mismatched = [f"{name}: saved {saved.get(name, 'nothing')}, the network has {shape}"
+                for name, shape in wanted.items() if saved.get(name) != shape]
+  if mismatched:
+    raise ValueError(
+        f"the weights in {directory} do not fit the config's network (check depth, variant, shortcut "
+        f"and num_classes); {len(mismatched)} of {len(wanted)} arrays differ, e.g. {'; '.join(mismatched[:3])}")
+  restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_weights)
+  return checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+      item=abstract_weights, restore_args=restore_args, partial_restore=True))
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """Array shapes by path (list indices and their string forms alike), for the weights' keys only."""
+  def name(path) -> str:
+    return "/".join(str(getattr(key, "key", getattr(key, "idx", key))) for key in path)
+  return {name(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+          if path and name(path[:1]) in ("params", "batch_stats")}
+
+
 class PreemptionWatch:
   """Turns SIGTERM into a flag the train loop checks at each step boundary.
 

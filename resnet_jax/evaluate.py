@@ -1,7 +1,10 @@
 """Evaluation: every example of the eval split exactly once (the last batch padded and masked),
-top-1/top-5 accuracy and error. As a command, scores a run's checkpoint and writes a JSON record:
+top-1/top-5 accuracy and error. As a command, scores a checkpoint with one of the paper's test
+protocols and writes a JSON record:
 
-  python -m resnet_jax.evaluate --config=configs/cifar10.py:depth=20 --workdir=DIR [--step=N]
+  python -m resnet_jax.evaluate --config=configs/imagenet.py:depth=50 --workdir=DIR [--step=N] \
+      [--protocol=center|10crop|multiscale]
+  python -m resnet_jax.evaluate --config=... --checkpoint=DIR/checkpoints/N   (or a converted one)
 """
 
 import datetime
@@ -89,11 +92,15 @@ def describe(results: dict[str, float]) -> str:
   )
 
 
-def write_record(workdir: str, step: int, config: Any, results: dict, weights: str = "live") -> pathlib.Path:
-  """A JSON record of one evaluation: what was scored, with which checkpoint, where and when."""
+def write_record(workdir: str | pathlib.Path, step: int, config: Any, results: dict, weights: str = "live",
+                 checkpoint: str | None = None) -> pathlib.Path:
+  """A JSON record of one evaluation: what was scored (checkpoint, protocol, split), the numbers,
+  where and when. The table command (`resnet_jax.reproduce table`) collects these."""
+  protocol = config.data.eval_view
   record = {
-      "step": step, "weights": weights, "split": config.data.eval_split, "data": config.data.name,
-      "results": results, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+      "step": step, "weights": weights, "protocol": protocol, "split": config.data.eval_split,
+      "data": config.data.name, "checkpoint": checkpoint, "results": results,
+      "date": datetime.datetime.now().isoformat(timespec="seconds"),
       "hardware": {
           "platform": jax.default_backend(), "devices": jax.device_count(),
           "device_kind": jax.devices()[0].device_kind, "processes": jax.process_count(),
@@ -101,7 +108,7 @@ def write_record(workdir: str, step: int, config: Any, results: dict, weights: s
       },
       "config": config.to_dict(),
   }
-  path = pathlib.Path(workdir) / "eval" / f"step_{step}_{weights}.json"
+  path = pathlib.Path(workdir) / "eval" / f"step_{step}_{weights}_{protocol}.json"
   if jax.process_index() == 0:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2, default=str) + "\n")
@@ -112,31 +119,60 @@ def main(argv: list[str]) -> None:
   from absl import flags
 
   from resnet_jax import distributed
-  from resnet_jax.checkpoint import Checkpoints
+  from resnet_jax.checkpoint import restore_weights
   from resnet_jax.experiment import setup
 
   del argv
   quiet_libraries()
   FLAGS = flags.FLAGS
-  config, workdir = FLAGS.config, FLAGS.workdir
-  if not (pathlib.Path(workdir) / "checkpoints").is_dir():
-    raise SystemExit(f"error: no checkpoints in {workdir}; train first with python -m resnet_jax.main")
+  config, workdir = FLAGS.config, FLAGS.workdir or FLAGS.checkpoint
+  if not workdir:
+    raise SystemExit("error: give --workdir (a run's directory) or --checkpoint (a checkpoint directory)")
+  if FLAGS.protocol:
+    with config.unlocked():
+      config.data.eval_view = FLAGS.protocol
   distributed.initialize()
-  experiment = setup(config)
+  try:
+    experiment = setup(config)
+    if FLAGS.checkpoint:
+      step, scored = _weights_from_directory(experiment, FLAGS.checkpoint, restore_weights)
+    else:
+      step, scored = _weights_from_run(experiment, workdir, FLAGS.step)
+  except (ValueError, FileNotFoundError) as error:
+    raise SystemExit(f"error: {error}") from None
+  for weights, params, batch_stats in scored:
+    results = evaluate(experiment, params, batch_stats)
+    path = write_record(workdir, step, config, results, weights, checkpoint=FLAGS.checkpoint)
+    if jax.process_index() == 0:
+      print(f"step {step} ({weights} weights), {config.data.name} {config.data.eval_split}, "
+            f"{config.data.eval_view} protocol: {describe(results)}; wrote {path}")
+
+
+def _weights_from_run(experiment: Any, workdir: str, step: int | None) -> tuple[int, list]:
+  from resnet_jax.checkpoint import Checkpoints
+
+  if not (pathlib.Path(workdir) / "checkpoints").is_dir():
+    raise FileNotFoundError(f"no checkpoints in {workdir}; train first with python -m resnet_jax.main")
+  config = experiment.config
   checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints, keep_best=config.keep_best)
   try:
-    state, step, _ = experiment.restore(checkpoints, FLAGS.step)
+    state, step, _ = experiment.restore(checkpoints, step)
   finally:
     checkpoints.close()
   if step == 0:
-    raise SystemExit(f"error: no readable checkpoint in {checkpoints.directory}")
-  scored = [("live", state.params)] + ([("ema", state.ema_params)] if state.ema_params else [])
-  for weights, params in scored:
-    results = evaluate(experiment, params, state.batch_stats)
-    path = write_record(workdir, step, config, results, weights)
-    if jax.process_index() == 0:
-      print(f"step {step} ({weights} weights), {config.data.name} {config.data.eval_split}: "
-            f"{describe(results)}; wrote {path}")
+    raise FileNotFoundError(f"no readable checkpoint in {checkpoints.directory}")
+  scored = [("live", state.params, state.batch_stats)]
+  if state.ema_params is not None:
+    scored.append(("ema", state.ema_params, state.batch_stats))
+  return step, scored
+
+
+def _weights_from_directory(experiment: Any, directory: str, restore_weights) -> tuple[int, list]:
+  """A run's checkpoints/STEP directory (its step is the name) or a converted one (step 0)."""
+  abstract = experiment.abstract_state()
+  weights = restore_weights(directory, {"params": abstract.params, "batch_stats": abstract.batch_stats})
+  name = pathlib.Path(directory).name
+  return (int(name) if name.isdigit() else 0), [("live", weights["params"], weights["batch_stats"])]
 
 
 if __name__ == "__main__":
@@ -146,7 +182,12 @@ if __name__ == "__main__":
   import resnet_jax.distributed  # noqa: F401  (its flags)
 
   config_flags.DEFINE_config_file("config", None, "config file[:arguments]", lock_config=True)
-  flags.DEFINE_string("workdir", None, "the run's directory (holds checkpoints/)")
+  flags.DEFINE_string("workdir", None, "the run's directory (holds checkpoints/; the record goes to its eval/)")
   flags.DEFINE_integer("step", None, "checkpoint step to score (default: the newest readable)")
-  flags.mark_flags_as_required(["config", "workdir"])
+  flags.DEFINE_string("checkpoint", None, "score this checkpoint directory instead: a run's checkpoints/STEP "
+                      "or the output of python -m resnet_jax.convert")
+  flags.DEFINE_enum("protocol", None, ["center", "10crop", "multiscale"],
+                    "the test views (sets data.eval_view): center crop, the 10 crops of Table 3, or "
+                    "Table 4's fully-convolutional multi-scale")
+  flags.mark_flags_as_required(["config"])
   app.run(main)

@@ -105,7 +105,7 @@ def test_eval_over_two_processes_scores_every_example_once(runs):
   assert in_run["eval/examples"] == 1000
   scored = train(runs["two"], STEPS, devices=8, module="resnet_jax.evaluate")
   assert scored.returncode == 0, scored.stderr[-3000:]
-  record = json.loads((runs["two"] / "eval" / f"step_{STEPS}_live.json").read_text())["results"]
+  record = json.loads((runs["two"] / "eval" / f"step_{STEPS}_live_center.json").read_text())["results"]
   assert record["examples"] == 1000
   assert record["top1"] == in_run["eval/top1"] and record["top5"] == in_run["eval/top5"]
   assert record["loss"] == pytest.approx(in_run["eval/loss"], rel=1e-5)

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from runs import ROOT, environment, leaves, losses, read_state, saved_steps, start, train
+from runs import ROOT, command, environment, leaves, losses, read_state, saved_steps, start, train
 
 def wait_for_checkpoint(process, workdir, at_least):
   deadline = time.time() + 300
@@ -37,7 +37,7 @@ def test_one_device_and_eight_devices_give_the_same_losses_and_bn_statistics(tmp
   # steps drift by more: near-cancelling gradient sums such as BN biases' amplify the noise.)
   for a, b in zip(leaves(read_state(runs[1], 1)["batch_stats"]), leaves(read_state(runs[8], 1)["batch_stats"])):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
-  record = json.loads((runs[8] / "eval" / "step_5_live.json").read_text())
+  record = json.loads((runs[8] / "eval" / "step_5_live_center.json").read_text())
   assert record["results"]["examples"] == 1000 and record["hardware"]["devices"] == 8  # 1000 = 10 x 96 + 40
 
 
@@ -108,11 +108,25 @@ def test_evaluate_command_scores_the_checkpoint_and_writes_json(straight_run):
   evaluated = train(workdir, 24, module="resnet_jax.evaluate")
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   assert "step 24 (live weights)" in evaluated.stdout and "on 1,000 examples" in evaluated.stdout
-  record = json.loads((workdir / "eval" / "step_24_live.json").read_text())
+  record = json.loads((workdir / "eval" / "step_24_live_center.json").read_text())
   final = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines() if "eval/top1" in l][-1]
   assert record["results"]["top1"] == pytest.approx(final["eval/top1"])
   assert record["results"]["top1"] + record["results"]["top1_error"] == pytest.approx(100)
+  assert record["protocol"] == "center" and record["step"] == 24 and record["hardware"]["platform"] == "cpu"
   assert "top-1" in result.stdout and "top-5" in result.stdout
+  # One checkpoint directory, scored on its own: the numbers the run logged at that step.
+  by_path = train(workdir, 24, f"--checkpoint={workdir / 'checkpoints' / '20'}", module="resnet_jax.evaluate")
+  assert by_path.returncode == 0, by_path.stderr[-3000:]
+  at_20 = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines() if "eval/top1" in l]
+  at_20 = [r for r in at_20 if r["step"] == 20][-1]
+  assert f"step 20 (live weights), mnist_bundled test, center protocol: top-1 {at_20['eval/top1']:.2f}%" in by_path.stdout
+  # Multi-view protocols need a streamed ImageNet-style set, and a wrong network is named as such.
+  refused = train(workdir, 24, "--protocol=10crop", module="resnet_jax.evaluate")
+  assert refused.returncode == 1 and "eval_view='10crop' needs a streamed" in refused.stderr
+  wrong = subprocess.run(command("resnet_jax.evaluate", workdir, 24, f"--checkpoint={workdir / 'checkpoints' / '20'}")
+                         [:3] + ["--config=configs/mnist_demo.py:depth=14", f"--checkpoint={workdir / 'checkpoints' / '20'}"],
+                         cwd=ROOT, env=environment(1), capture_output=True, text=True, timeout=400)
+  assert wrong.returncode == 1 and "do not fit the config's network" in wrong.stderr, wrong.stderr[-2000:]
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -1,0 +1,168 @@
+"""torchvision weights into our networks: the same logits as the torch model they come from.
+
+The reference is torchvision's own ResNet when torchvision is installed; otherwise (this machine has a
+CPU torch wheel but no torchvision) a torch model with torchvision's architecture and state-dict
+names, written below. Tests that need torch are skipped only when torch is missing.
+"""
+
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from runs import ROOT
+
+from resnet_jax.convert import ARCHS, convert_state_dict, model_config, torchvision_name
+
+
+def torch_resnet(arch: str):
+  """A randomly initialised torchvision ResNet, with random BN statistics and affine parameters too
+  (fresh BN layers are the identity, which would hide a mismatched mapping)."""
+  torch = pytest.importorskip("torch")
+  torch.manual_seed(0)
+  try:
+    import torchvision
+    model = getattr(torchvision.models, arch)()
+  except ImportError:
+    model = _TorchvisionLayout(arch)
+  with torch.no_grad():
+    for module in model.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.normal_(0, 0.2)
+        module.running_mean.normal_(0, 0.2)
+        module.running_var.uniform_(0.5, 2.0)
+  return model.eval()
+
+
+def _TorchvisionLayout(arch: str):
+  """torchvision.models.resnet's structure and parameter names (v1.5 bottleneck), in plain torch."""
+  from torch import nn
+
+  depth = ARCHS[arch]
+  blocks = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}[depth]
+  expansion = 1 if depth < 50 else 4
+
+  def conv_bn(inputs, outputs, kernel, stride):
+    return nn.Conv2d(inputs, outputs, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(outputs)
+
+  class Block(nn.Module):
+    def __init__(self, inputs, width, stride):
+      super().__init__()
+      kernels = (3, 3) if expansion == 1 else (1, 3, 1)
+      widths = (width, width) if expansion == 1 else (width, width, width * expansion)
+      strides = (stride, 1) if expansion == 1 else (1, stride, 1)
+      channels = inputs
+      for i, (kernel, out, s) in enumerate(zip(kernels, widths, strides), start=1):
+        conv, bn = conv_bn(channels, out, kernel, s)
+        setattr(self, f"conv{i}", conv)
+        setattr(self, f"bn{i}", bn)
+        channels = out
+      self.count = len(kernels)
+      self.downsample = (nn.Sequential(*conv_bn(inputs, channels, 1, stride))
+                         if stride != 1 or inputs != channels else None)
+
+    def forward(self, x):
+      y = x
+      for i in range(1, self.count + 1):
+        y = getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(y))
+        if i < self.count:
+          y = y.relu()
+      return (y + (x if self.downsample is None else self.downsample(x))).relu()
+
+  class Net(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.conv1, self.bn1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64)
+      self.maxpool = nn.MaxPool2d(3, 2, 1)
+      channels = 64
+      for index, (width, count) in enumerate(zip((64, 128, 256, 512), blocks)):
+        layer = []
+        for b in range(count):
+          layer.append(Block(channels, width, 2 if index > 0 and b == 0 else 1))
+          channels = width * expansion
+        setattr(self, f"layer{index + 1}", nn.Sequential(*layer))
+      self.fc = nn.Linear(channels, 1000)
+
+    def forward(self, x):
+      x = self.maxpool(self.bn1(self.conv1(x)).relu())
+      for index in range(1, 5):
+        x = getattr(self, f"layer{index}")(x)
+      return self.fc(x.mean(dim=(2, 3)))
+
+  return Net()
+
+
+def our_logits(arch: str, weights: dict, images_nhwc: np.ndarray) -> np.ndarray:
+  from flax import nnx
+
+  from resnet_jax.models import build_model
+  model = build_model(model_config(arch))
+  graphdef, _, _ = nnx.split(nnx.view(model, use_running_average=True), nnx.Param, nnx.BatchStat)
+  return np.asarray(nnx.merge(graphdef, weights["params"], weights["batch_stats"])(images_nhwc))
+
+
+def torch_logits(model, images_nhwc: np.ndarray) -> np.ndarray:
+  import torch
+  with torch.no_grad():
+    return model(torch.from_numpy(images_nhwc.transpose(0, 3, 1, 2).copy())).numpy()
+
+
+def state_dict_arrays(model) -> dict:
+  return {k: v.numpy() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_converted_weights_give_torchvisions_logits(arch):
+  model = torch_resnet(arch)
+  images = np.random.default_rng(0).normal(size=(2, 96, 96, 3)).astype(np.float32)
+  expected = torch_logits(model, images)
+  got = our_logits(arch, convert_state_dict(state_dict_arrays(model), arch), images)
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+  assert np.abs(expected).max() > 0.1  # the comparison is not between near-zero outputs
+
+
+def test_convert_command_writes_a_checkpoint_the_evaluator_reads(tmp_path):
+  torch = pytest.importorskip("torch")
+  from resnet_jax.checkpoint import restore_weights
+  model = torch_resnet("resnet34")
+  torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "r34.pth")
+  command = [sys.executable, "-m", "resnet_jax.convert", "torchvision", "--arch=resnet34",
+             f"--input={tmp_path / 'r34.pth'}", f"--output={tmp_path / 'converted'}"]
+  result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "python -m resnet_jax.evaluate --config=configs/imagenet.py:depth=34 --checkpoint=" in result.stdout
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                          convert_state_dict(state_dict_arrays(model), "resnet34"))
+  weights = restore_weights(tmp_path / "converted", abstract)
+  images = np.random.default_rng(1).normal(size=(1, 64, 64, 3)).astype(np.float32)
+  np.testing.assert_allclose(our_logits("resnet34", weights, images), torch_logits(model, images), rtol=1e-4,
+                             atol=1e-4)
+  again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 1 and "exists; choose another --output" in again.stderr
+
+
+def test_every_array_maps_to_a_distinct_torchvision_name():
+  """No torch needed: the name mapping alone, over the deepest network."""
+  from flax import nnx
+
+  from resnet_jax.models import build_model
+  model = nnx.eval_shape(lambda: build_model(model_config("resnet152")))
+  _, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  tree = {"params": nnx.to_pure_dict(params), "batch_stats": nnx.to_pure_dict(stats)}
+  names = [torchvision_name(tuple(k.key for k in path)) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+  assert len(names) == len(set(names))
+  assert {"conv1.weight", "bn1.running_var", "layer4.2.conv3.weight", "layer3.35.bn2.weight",
+          "layer1.0.downsample.0.weight", "layer2.0.downsample.1.running_mean", "fc.weight", "fc.bias"} <= set(names)
+  # 155 convolutions (1 stem, 3 x 50 blocks, 4 projections), as many BN layers of 4 arrays, the fc's 2.
+  assert len(names) == 155 + 155 * 4 + 2
+
+
+def test_a_state_dict_of_another_network_is_refused_with_its_differences():
+  pytest.importorskip("torch")
+  wrong = state_dict_arrays(torch_resnet("resnet34"))
+  with pytest.raises(ValueError, match=r"does not match torchvision's resnet18 \(\d+ problems\).*is not used"):
+    convert_state_dict(wrong, "resnet18")
+  with pytest.raises(ValueError, match="unknown torchvision architecture 'resnet42'"):
+    model_config("resnet42")
