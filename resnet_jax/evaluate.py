@@ -10,8 +10,11 @@ protocols and writes a JSON record:
 import datetime
 import functools
 import json
+import os
 import pathlib
 import platform
+import shlex
+import sys
 from typing import Any
 
 import jax
@@ -93,26 +96,39 @@ def describe(results: dict[str, float]) -> str:
 
 
 def write_record(workdir: str | pathlib.Path, step: int, config: Any, results: dict, weights: str = "live",
-                 checkpoint: str | None = None) -> pathlib.Path:
-  """A JSON record of one evaluation: what was scored (checkpoint, protocol, split), the numbers,
-  where and when. The table command (`resnet_jax.reproduce table`) collects these."""
+                 checkpoint: str | None = None, final: bool = False) -> pathlib.Path:
+  """A JSON record of one evaluation: what was scored (checkpoint, protocol, split), the numbers, the
+  command, where and when; `final` marks the end of a training run. `python -m resnet_jax.table`
+  collects these."""
   protocol = config.data.eval_view
   record = {
       "step": step, "weights": weights, "protocol": protocol, "split": config.data.eval_split,
-      "data": config.data.name, "checkpoint": checkpoint, "results": results,
-      "date": datetime.datetime.now().isoformat(timespec="seconds"),
-      "hardware": {
-          "platform": jax.default_backend(), "devices": jax.device_count(),
-          "device_kind": jax.devices()[0].device_kind, "processes": jax.process_count(),
-          "host": platform.node(),
-      },
-      "config": config.to_dict(),
+      "data": config.data.name, "checkpoint": checkpoint, "final": final, "results": results,
+      "command": command_line(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+      "hardware": hardware(), "config": config.to_dict(),
   }
   path = pathlib.Path(workdir) / "eval" / f"step_{step}_{weights}_{protocol}.json"
   if jax.process_index() == 0:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2, default=str) + "\n")
   return path
+
+
+def command_line() -> str:
+  """How this process was started, as a user would type it (`python -m module flags...`)."""
+  return shlex.join(["python", *sys.orig_argv[1:]])
+
+
+def hardware() -> dict[str, Any]:
+  device = jax.devices()[0]
+  description = {"platform": jax.default_backend(), "device_kind": device.device_kind,
+                 "devices": jax.device_count(), "processes": jax.process_count(), "host": platform.node()}
+  if device.platform == "cpu":
+    cpuinfo = pathlib.Path("/proc/cpuinfo")
+    models = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+              if line.startswith("model name")]
+    description.update(cpu=models[0] if models else platform.processor(), cores=os.cpu_count())
+  return description
 
 
 def main(argv: list[str]) -> None:

@@ -30,6 +30,11 @@ class Reporter:
   def hparams(self, values: Mapping) -> None:
     self.writer.write_hparams(values)
 
+  def config(self, config: Mapping) -> None:
+    """The run's whole config as `config.json`, for the plot and table commands (and for people)."""
+    if self.is_writer:
+      (self.jsonl.parent / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+
   def close(self) -> None:
     self.writer.flush()
     self.writer.close()

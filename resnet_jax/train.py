@@ -65,6 +65,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if start == 0:
       parameter_overview.log_parameter_overview(state.params)
       reporter.hparams(_flat(config.to_dict()))
+      reporter.config(config.to_dict())
     logging.info(
         "training %d steps (%d per epoch), from step %d, on %d device(s) of %s",
         total, experiment.steps_per_epoch, start, jax.device_count(), jax.default_backend(),
@@ -103,7 +104,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         return {"preempted": True, "step": done}
     if results is None:  # the run was already complete: report its final numbers again
       results = _evaluate_and_report(experiment, state, total, reporter)
-    path = write_record(workdir, total, config, results)
+    path = write_record(workdir, total, config, results, final=True)
     if jax.process_index() == 0:
       print(f"final ({total} steps), {config.data.name} {config.data.eval_split}: {describe(results)}")
       print(f"results: {path}; TensorBoard: tensorboard --logdir {workdir}")

@@ -1,0 +1,105 @@
+"""Training curves in the style of the paper's Figures 4 and 6, from the metrics runs log:
+
+  python -m resnet_jax.plot runs/cifar10_depths --output=figure6.png   (a sweep: plain | ResNet)
+  python -m resnet_jax.plot runs/r50 --output=r50.png                  (one run)
+
+Training error is dashed and test error solid, against iterations, one colour per depth; with plain
+and residual runs among them, plain nets go on the left panel and ResNets on the right.
+"""
+
+import dataclasses
+import json
+import pathlib
+
+from absl import app, flags
+
+_OUTPUT = flags.DEFINE_string("output", None, "the PNG to write")
+_TITLE = flags.DEFINE_string("title", None, "a title over the figure")
+
+
+@dataclasses.dataclass
+class Curves:
+  name: str
+  depth: int
+  plain: bool
+  train: tuple[list[int], list[float]]  # steps, training error (%) over each logging window
+  test: tuple[list[int], list[float]]  # steps, eval error (%)
+
+  @property
+  def label(self) -> str:
+    return f"{'plain' if self.plain else 'ResNet'}-{self.depth}"
+
+
+def load_curves(workdir: str | pathlib.Path) -> Curves:
+  """A run's curves from its metrics.jsonl and config.json; a step logged twice (a resume) keeps
+  its last value."""
+  workdir = pathlib.Path(workdir)
+  model = json.loads((workdir / "config.json").read_text())["model"]
+  train, test = {}, {}
+  for line in (workdir / "metrics.jsonl").read_text().splitlines():
+    record = json.loads(line)
+    if "train/top1" in record:
+      train[record["step"]] = 100 * (1 - record["train/top1"])
+    if "eval/top1_error" in record:
+      test[record["step"]] = record["eval/top1_error"]
+  def series(points):
+    steps = sorted(points)
+    return steps, [points[s] for s in steps]
+  return Curves(workdir.name, model["depth"], model["plain"], series(train), series(test))
+
+
+def find_runs(paths: list[str]) -> list[pathlib.Path]:
+  """Each path is a run (it holds metrics.jsonl) or a directory of runs (a sweep's root)."""
+  runs = []
+  for path in map(pathlib.Path, paths):
+    if (path / "metrics.jsonl").exists():
+      runs.append(path)
+    else:
+      runs += sorted(p.parent for p in path.glob("*/metrics.jsonl"))
+  if not runs:
+    raise FileNotFoundError(f"no run (a directory with metrics.jsonl) in {', '.join(paths)}")
+  return runs
+
+
+def draw(curves: list[Curves], title: str | None = None):
+  """The figure: one panel, or plain | ResNet panels sharing the error axis."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  groups = [[c for c in curves if c.plain], [c for c in curves if not c.plain]]
+  groups = [g for g in groups if g]
+  figure, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.5), sharey=True, squeeze=False)
+  depths = sorted({c.depth for c in curves})
+  colours = plt.get_cmap("viridis")
+  for axis, group in zip(axes[0], groups):
+    for c in sorted(group, key=lambda c: c.depth):
+      colour = colours(depths.index(c.depth) / max(1, len(depths) - 1) * 0.85)
+      axis.plot(*c.train, linestyle="--", color=colour, linewidth=1)
+      axis.plot(*c.test, linestyle="-", color=colour, linewidth=2, label=c.label)
+    axis.set_title("plain networks" if group[0].plain else "ResNets")
+    axis.set_xlabel("iterations")
+    axis.grid(alpha=0.3)
+    axis.legend(title="dashed: training, solid: test", fontsize=8, title_fontsize=8)
+  axes[0][0].set_ylabel("error (%)")
+  if title:
+    figure.suptitle(title)
+  figure.tight_layout()
+  return figure
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) < 2 or not _OUTPUT.value:
+    raise app.UsageError("usage: python -m resnet_jax.plot RUN_OR_SWEEP_DIR... --output=FIGURE.png")
+  try:
+    curves = [load_curves(run) for run in find_runs(argv[1:])]
+  except FileNotFoundError as error:
+    raise SystemExit(f"error: {error}") from None
+  figure = draw(curves, _TITLE.value)
+  pathlib.Path(_OUTPUT.value).parent.mkdir(parents=True, exist_ok=True)
+  figure.savefig(_OUTPUT.value, dpi=120)
+  print(f"wrote {_OUTPUT.value} ({len(curves)} runs: {', '.join(c.label for c in curves)})")
+
+
+if __name__ == "__main__":
+  app.run(main)

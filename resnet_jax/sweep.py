@@ -1,0 +1,118 @@
+"""Runs a sweep: every combination of a config's arguments, one workdir each, one after another.
+
+  python -m resnet_jax.sweep --sweep=mnist_degradation --root=runs/mnist_degradation
+  python -m resnet_jax.sweep --config=configs/cifar10.py --grid=depth=20,56 --grid=plain=False,True \\
+      --root=runs/cifar_small [--set=config.num_train_steps=1000]
+
+A finished run (its final evaluation record is written) is skipped; an unfinished one resumes from
+its newest checkpoint, so rerunning the same command after a crash continues the sweep. Each run is
+`python -m resnet_jax.main` in its own process, its output in WORKDIR/train.log; a failed run is
+reported and the sweep goes on, then exits 1.
+"""
+
+import importlib.util
+import itertools
+import json
+import pathlib
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+_SWEEP = flags.DEFINE_string("sweep", None, "a named sweep of --sweeps_file")
+_SWEEPS_FILE = flags.DEFINE_string("sweeps_file", "configs/sweeps.py", "where named sweeps are defined")
+_CONFIG = flags.DEFINE_string("config", None, "config file, for a sweep given by --grid")
+_GRID = flags.DEFINE_multi_string("grid", [], "ARGUMENT=V1,V2,...: values of one config argument")
+_SET = flags.DEFINE_multi_string("set", [], "config.FIELD=VALUE, passed to every run as --config.FIELD=VALUE")
+_ROOT = flags.DEFINE_string("root", None, "directory holding one workdir per run")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "print each run's command and state; run nothing")
+
+
+def grid_runs(grid: dict[str, list]) -> list[str]:
+  """Every combination of the grid as a config argument string, e.g. 'depth=20,plain=True'."""
+  keys = list(grid)
+  return [",".join(f"{k}={v}" for k, v in zip(keys, values)) for values in itertools.product(*grid.values())]
+
+
+def run_name(arguments: str) -> str:
+  return arguments.replace("=", "-").replace(",", "_") or "default"
+
+
+def is_finished(workdir: pathlib.Path) -> bool:
+  return any(json.loads(p.read_text()).get("final") for p in (workdir / "eval").glob("*.json"))
+
+
+def parse_grid(entries: list[str]) -> dict[str, list[str]]:
+  grid = {}
+  for entry in entries:
+    key, sep, values = entry.partition("=")
+    if not sep or not values:
+      raise app.UsageError(f"--grid={entry!r} is not ARGUMENT=V1,V2,...")
+    grid[key] = values.split(",")
+  return grid
+
+
+def load_sweep(name: str, sweeps_file: str) -> tuple[str, dict[str, list], list[str]]:
+  """(config file, grid, settings for every run) of a named sweep."""
+  spec = importlib.util.spec_from_file_location("sweeps", sweeps_file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if name not in module.SWEEPS:
+    raise app.UsageError(f"unknown sweep {name!r}; {sweeps_file} defines: {', '.join(module.SWEEPS)}")
+  config, grid, *settings = module.SWEEPS[name]
+  return config, grid, list(settings[0]) if settings else []
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not _ROOT.value or bool(_SWEEP.value) == bool(_CONFIG.value):
+    raise app.UsageError("give --root and either --sweep=NAME or --config=FILE with --grid")
+  if _SWEEP.value:
+    config, grid, settings = load_sweep(_SWEEP.value, _SWEEPS_FILE.value)
+  else:
+    config, grid, settings = _CONFIG.value, parse_grid(_GRID.value), []
+  settings += _SET.value
+  runs = grid_runs(grid)
+  root = pathlib.Path(_ROOT.value)
+  started, failed, durations = time.time(), [], []
+  for index, arguments in enumerate(runs, start=1):
+    workdir = root / run_name(arguments)
+    command = [sys.executable, "-m", "resnet_jax.main", f"--config={config}:{arguments}", f"--workdir={workdir}",
+               *(f"--{setting}" for setting in settings)]
+    prefix = f"[{index}/{len(runs)}] {workdir.name}"
+    if workdir.exists() and is_finished(workdir):
+      print(f"{prefix}: finished, skipped", flush=True)
+      continue
+    state = "resuming" if (workdir / "checkpoints").exists() else "starting"
+    if _DRY_RUN.value:
+      print(f"{prefix}: would be {state}: {' '.join(command)}")
+      continue
+    workdir.mkdir(parents=True, exist_ok=True)
+    eta = ""
+    if durations:
+      left = sum(1 for a in runs[index - 1:] if not is_finished(root / run_name(a)))
+      eta = f", sweep ETA {sum(durations) / len(durations) * left / 60:.0f} min"
+    print(f"{prefix}: {state} (log: {workdir / 'train.log'}{eta})", flush=True)
+    run_started = time.time()
+    with (workdir / "train.log").open("a") as log:
+      code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+    durations.append(time.time() - run_started)
+    summary = [line for line in (workdir / "train.log").read_text().splitlines() if line.startswith(("final", "error"))]
+    if code != 0:
+      failed.append(workdir.name)
+      print(f"{prefix}: failed (exit {code}): {summary[-1] if summary else 'see the log'}", flush=True)
+    else:
+      print(f"{prefix}: {summary[-1] if summary else 'done'} ({durations[-1] / 60:.1f} min)", flush=True)
+  if _DRY_RUN.value:
+    return
+  print(f"sweep of {len(runs)} runs in {root}: {len(runs) - len(failed)} finished, {len(failed)} failed, "
+        f"{(time.time() - started) / 60:.1f} min this time")
+  if failed:
+    print(f"failed: {', '.join(failed)}; rerun the same command to retry them", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,123 @@
+"""The reproduction tools end to end on the bundled digits: a sweep (skip, resume, failure), the
+Figure 4/6-style plot from its logged metrics, and the results table beside the paper's numbers."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from runs import ROOT, environment, losses, saved_steps
+
+from resnet_jax import plot, table
+
+# Two 6-step runs (plain and residual ResNet-8), evaluated at steps 3 and 6.
+GRID = ["--config=configs/mnist_demo.py", "--grid=depth=8", "--grid=plain=False,True", "--grid=batch=32",
+        "--grid=steps=6", "--set=config.eval_every_epochs=0.024", "--set=config.eval_batch_size=500",
+        "--set=config.log_every_steps=1"]
+
+
+def tool(module, *arguments):
+  return subprocess.run([sys.executable, "-m", f"resnet_jax.{module}", *map(str, arguments)], cwd=ROOT,
+                        env=environment(1), capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+  root = tmp_path_factory.mktemp("sweep")
+  result = tool("sweep", *GRID, f"--root={root}")
+  assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+  return root, result.stdout
+
+
+def test_sweep_trains_one_workdir_per_combination(sweep):
+  root, output = sweep
+  names = ["depth-8_plain-False_batch-32_steps-6", "depth-8_plain-True_batch-32_steps-6"]
+  assert sorted(p.name for p in root.iterdir()) == names
+  for name in names:
+    assert f"] {name}: final (6 steps), mnist_bundled test: top-1" in output
+    config = json.loads((root / name / "config.json").read_text())
+    assert config["model"]["plain"] == name.startswith("depth-8_plain-True") and config["num_train_steps"] == 6
+  assert "sweep of 2 runs" in output and "2 finished, 0 failed" in output
+
+
+def test_sweep_skips_finished_runs_and_resumes_unfinished_ones(sweep, tmp_path):
+  root = tmp_path / "copy"
+  shutil.copytree(sweep[0], root)
+  unfinished = root / "depth-8_plain-True_batch-32_steps-6"
+  shutil.rmtree(unfinished / "checkpoints" / "6")
+  for record in (unfinished / "eval").glob("*.json"):
+    record.unlink()
+  result = tool("sweep", *GRID, f"--root={root}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "[1/2] depth-8_plain-False_batch-32_steps-6: finished, skipped" in result.stdout
+  assert "[2/2] depth-8_plain-True_batch-32_steps-6: resuming" in result.stdout
+  assert "resumed from checkpoint 3" in (unfinished / "train.log").read_text()
+  assert saved_steps(unfinished)[-1] == 6
+  resumed, straight = losses(unfinished), losses(sweep[0] / unfinished.name)
+  assert [resumed[s] for s in (4, 5, 6)] == [straight[s] for s in (4, 5, 6)]  # bit-identical continuation
+
+
+def test_a_failing_run_is_reported_and_the_sweep_exits_1(tmp_path):
+  result = tool("sweep", "--config=configs/mnist_demo.py", "--grid=depth=9", f"--root={tmp_path}")
+  assert result.returncode == 1
+  assert "[1/1] depth-9: failed (exit 1): error: a CIFAR ResNet has depth 6n+2" in result.stdout, result.stdout
+  assert "failed: depth-9; rerun the same command" in result.stderr
+
+
+def test_plot_draws_plain_beside_residual_from_the_logged_metrics(sweep, tmp_path):
+  root = sweep[0]
+  result = tool("plot", root, f"--output={tmp_path / 'figure.png'}", "--title=ResNet-8 on MNIST")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert (tmp_path / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert "2 runs: ResNet-8, plain-8" in result.stdout
+  curves = [plot.load_curves(run) for run in plot.find_runs([str(root)])]
+  figure = plot.draw(curves)
+  plain_axis, residual_axis = figure.axes
+  assert (plain_axis.get_title(), residual_axis.get_title()) == ("plain networks", "ResNets")
+  for axis, run in ((plain_axis, "depth-8_plain-True_batch-32_steps-6"),
+                    (residual_axis, "depth-8_plain-False_batch-32_steps-6")):
+    train_line, test_line = axis.get_lines()
+    assert (train_line.get_linestyle(), test_line.get_linestyle()) == ("--", "-")
+    records = [json.loads(line) for line in (root / run / "metrics.jsonl").read_text().splitlines()]
+    np.testing.assert_allclose(train_line.get_ydata(), [100 * (1 - r["train/top1"]) for r in records if "train/top1" in r])
+    assert list(test_line.get_xdata()) == [3, 6]
+    assert list(test_line.get_ydata()) == [r["eval/top1_error"] for r in records if "eval/top1_error" in r]
+  single = plot.draw(curves[:1])
+  assert len(single.axes) == 1
+
+
+def test_table_lists_the_measured_runs_and_rewrites_the_readme_block(sweep, tmp_path):
+  root = sweep[0]
+  readme = tmp_path / "README.md"
+  readme.write_text(f"# x\n\n{table.BEGIN}\nold\n{table.END}\n\nafter\n")
+  result = tool("table", root, f"--readme={readme}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  text = readme.read_text()
+  assert "old" not in text and text.endswith("\nafter\n")
+  body = text[text.index(table.BEGIN):text.index(table.END)]
+  for run, label in (("depth-8_plain-False_batch-32_steps-6", "ResNet-8 (A)"),
+                     ("depth-8_plain-True_batch-32_steps-6", "plain-8")):
+    final = json.loads((root / run / "eval" / "step_6_live_center.json").read_text())
+    row = next(line for line in body.splitlines() if line.startswith(f"| {label} |"))
+    assert f"| {final['results']['top1_error']:.2f} | {final['results']['top5_error']:.2f} | - |" in row
+    assert "| mnist_bundled (test) | center | 6 |" in row and "python -m resnet_jax.main --config=" in row
+    assert final["hardware"]["platform"] == "cpu" and f"({final['hardware']['cores']} cores)" in row
+  missing = tool("table", tmp_path / "nothing")
+  assert missing.returncode == 1 and "no evaluation records" in missing.stderr
+
+
+@pytest.mark.parametrize("model, data, protocol, expected", [
+    (dict(depth=34, plain=False, shortcut="C", variant="v1"), "imagenet2012", "10crop", (24.19, 7.40, "Table 3")),
+    (dict(depth=34, plain=True, shortcut="B", variant="v1"), "imagenet2012", "10crop", (28.54, 10.02, "Tables 2-3")),
+    (dict(depth=152, plain=False, shortcut="B", variant="v1"), "imagenet2012", "multiscale", (19.38, 4.49, "Table 4")),
+    (dict(depth=50, plain=False, shortcut="B", variant="v1.5"), "imagenet2012", "10crop", None),  # not the paper's net
+    (dict(depth=50, plain=False, shortcut="B", variant="v1"), "imagenet2012", "center", None),  # no such protocol
+    (dict(depth=56, plain=False, shortcut="A", variant="v1"), "cifar10", "center", (6.97, None, "Table 6")),
+    (dict(depth=56, plain=True, shortcut="A", variant="v1"), "cifar10", "center", None),  # only in Figure 6
+])
+def test_paper_numbers_are_matched_by_network_and_protocol(model, data, protocol, expected):
+  record = {"config": {"model": dict(model, dataset="imagenet" if data == "imagenet2012" else "cifar")},
+            "data": data, "protocol": protocol}
+  assert table.paper_numbers(record) == expected
