@@ -17,11 +17,13 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
 	touch $@
 
-# Trains ResNet-20 on the bundled MNIST digits; rerunning resumes (DEMO_DIR= to start elsewhere).
+# Trains ResNet-20 on the bundled MNIST digits and draws its error curves; rerunning resumes
+# (DEMO_DIR= to start elsewhere).
 DEMO_DIR ?= runs/demo
 demo: $(VENV)/.installed
 	$(PY) -m resnet_jax.models.summary --dataset cifar --depth 20 --input-channels 1
 	$(PY) -m resnet_jax.main --config=configs/mnist_demo.py --workdir=$(DEMO_DIR)
+	$(PY) -m resnet_jax.plot $(DEMO_DIR) --output=$(DEMO_DIR)/curves.png --title="ResNet-20 on 5,000 MNIST digits"
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -n $(PYTEST_WORKERS) tests

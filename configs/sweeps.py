@@ -13,7 +13,7 @@ imagenet_plain_vs_residual: Table 2 and Figure 4, 18 and 34 layers, ResNets with
 imagenet_shortcuts: Table 3's options A/B/C at 34 layers (25.03 / 24.52 / 24.19 top-1 error, 10-crop).
 imagenet_depths: Table 3's ResNet-50/101/152 (22.85 / 21.75 / 21.43, 10-crop).
 mnist_degradation: what runs here, on the 5,000 bundled MNIST digits: plain vs residual at 8-44
-  layers, 300 steps each (about 25 minutes on 2 CPU cores); the README's figure comes from it.
+  layers, 300 steps each (35 minutes on 2 CPU cores); the README's figure comes from it.
 """
 
 SWEEPS = {

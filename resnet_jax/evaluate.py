@@ -135,7 +135,6 @@ def main(argv: list[str]) -> None:
   from absl import flags
 
   from resnet_jax import distributed
-  from resnet_jax.checkpoint import restore_weights
   from resnet_jax.experiment import setup
 
   del argv
@@ -151,7 +150,7 @@ def main(argv: list[str]) -> None:
   try:
     experiment = setup(config)
     if FLAGS.checkpoint:
-      step, scored = _weights_from_directory(experiment, FLAGS.checkpoint, restore_weights)
+      step, scored = _weights_from_directory(experiment, FLAGS.checkpoint)
     else:
       step, scored = _weights_from_run(experiment, workdir, FLAGS.step)
   except (ValueError, FileNotFoundError) as error:
@@ -183,8 +182,10 @@ def _weights_from_run(experiment: Any, workdir: str, step: int | None) -> tuple[
   return step, scored
 
 
-def _weights_from_directory(experiment: Any, directory: str, restore_weights) -> tuple[int, list]:
+def _weights_from_directory(experiment: Any, directory: str) -> tuple[int, list]:
   """A run's checkpoints/STEP directory (its step is the name) or a converted one (step 0)."""
+  from resnet_jax.checkpoint import restore_weights
+
   abstract = experiment.abstract_state()
   weights = restore_weights(directory, {"params": abstract.params, "batch_stats": abstract.batch_stats})
   name = pathlib.Path(directory).name

@@ -15,6 +15,7 @@ from absl import app, flags
 
 _OUTPUT = flags.DEFINE_string("output", None, "the PNG to write")
 _TITLE = flags.DEFINE_string("title", None, "a title over the figure")
+_YMAX = flags.DEFINE_float("ymax", None, "top of the error axis in % (the paper's Figure 6 shows 0-20)")
 
 
 @dataclasses.dataclass
@@ -61,7 +62,7 @@ def find_runs(paths: list[str]) -> list[pathlib.Path]:
   return runs
 
 
-def draw(curves: list[Curves], title: str | None = None):
+def draw(curves: list[Curves], title: str | None = None, ymax: float | None = None):
   """The figure: one panel, or plain | ResNet panels sharing the error axis."""
   import matplotlib
   matplotlib.use("Agg")
@@ -82,6 +83,8 @@ def draw(curves: list[Curves], title: str | None = None):
     axis.grid(alpha=0.3)
     axis.legend(title="dashed: training, solid: test", fontsize=8, title_fontsize=8)
   axes[0][0].set_ylabel("error (%)")
+  if ymax is not None:
+    axes[0][0].set_ylim(0, ymax)
   if title:
     figure.suptitle(title)
   figure.tight_layout()
@@ -95,7 +98,7 @@ def main(argv: list[str]) -> None:
     curves = [load_curves(run) for run in find_runs(argv[1:])]
   except FileNotFoundError as error:
     raise SystemExit(f"error: {error}") from None
-  figure = draw(curves, _TITLE.value)
+  figure = draw(curves, _TITLE.value, _YMAX.value)
   pathlib.Path(_OUTPUT.value).parent.mkdir(parents=True, exist_ok=True)
   figure.savefig(_OUTPUT.value, dpi=120)
   print(f"wrote {_OUTPUT.value} ({len(curves)} runs: {', '.join(c.label for c in curves)})")

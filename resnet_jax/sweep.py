@@ -53,14 +53,19 @@ def parse_grid(entries: list[str]) -> dict[str, list[str]]:
   return grid
 
 
-def load_sweep(name: str, sweeps_file: str) -> tuple[str, dict[str, list], list[str]]:
-  """(config file, grid, settings for every run) of a named sweep."""
+def named_sweeps(sweeps_file: str) -> dict[str, tuple]:
   spec = importlib.util.spec_from_file_location("sweeps", sweeps_file)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  if name not in module.SWEEPS:
-    raise app.UsageError(f"unknown sweep {name!r}; {sweeps_file} defines: {', '.join(module.SWEEPS)}")
-  config, grid, *settings = module.SWEEPS[name]
+  return module.SWEEPS
+
+
+def load_sweep(name: str, sweeps_file: str) -> tuple[str, dict[str, list], list[str]]:
+  """(config file, grid, settings for every run) of a named sweep."""
+  sweeps = named_sweeps(sweeps_file)
+  if name not in sweeps:
+    raise app.UsageError(f"unknown sweep {name!r}; {sweeps_file} defines: {', '.join(sweeps)}")
+  config, grid, *settings = sweeps[name]
   return config, grid, list(settings[0]) if settings else []
 
 

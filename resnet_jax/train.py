@@ -62,10 +62,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   try:
     state, start, data_state = experiment.restore(checkpoints)
     total = experiment.total_steps
+    reporter.config(config.to_dict())
     if start == 0:
       parameter_overview.log_parameter_overview(state.params)
       reporter.hparams(_flat(config.to_dict()))
-      reporter.config(config.to_dict())
     logging.info(
         "training %d steps (%d per epoch), from step %d, on %d device(s) of %s",
         total, experiment.steps_per_epoch, start, jax.device_count(), jax.default_backend(),

@@ -14,7 +14,20 @@ from resnet_jax.config import parse_arguments
 def test_config_files_open_with_the_command_that_runs_them():
   for path in CONFIGS.glob("*.py"):
     doc = path.read_text().split('"""')[1]
-    assert f"--config=configs/{path.name}" in doc or "make demo" in doc, path
+    if path.name == "sweeps.py":  # not a config: the named sweeps, run by the sweep command
+      assert "python -m resnet_jax.sweep --sweep=" in doc
+    else:
+      assert f"--config=configs/{path.name}" in doc or "make demo" in doc, path
+
+
+def test_every_named_sweep_is_documented_and_its_runs_are_valid_configs():
+  from resnet_jax.sweep import grid_runs, load_sweep, named_sweeps
+  doc = (CONFIGS / "sweeps.py").read_text().split('"""')[1]
+  for name in named_sweeps(str(CONFIGS / "sweeps.py")):
+    assert f"\n{name}:" in doc, name
+    config_file, grid, _ = load_sweep(name, str(CONFIGS / "sweeps.py"))
+    for arguments in grid_runs(grid):
+      load_config(config_file.removeprefix("configs/").removesuffix(".py"), arguments)  # unknown ones raise
 
 
 def test_arguments_are_typed_like_their_defaults_and_unknown_ones_fail():

@@ -84,8 +84,8 @@ def test_plot_draws_plain_beside_residual_from_the_logged_metrics(sweep, tmp_pat
     np.testing.assert_allclose(train_line.get_ydata(), [100 * (1 - r["train/top1"]) for r in records if "train/top1" in r])
     assert list(test_line.get_xdata()) == [3, 6]
     assert list(test_line.get_ydata()) == [r["eval/top1_error"] for r in records if "eval/top1_error" in r]
-  single = plot.draw(curves[:1])
-  assert len(single.axes) == 1
+  single = plot.draw(curves[:1], ymax=20)
+  assert len(single.axes) == 1 and single.axes[0].get_ylim() == (0, 20)
 
 
 def test_table_lists_the_measured_runs_and_rewrites_the_readme_block(sweep, tmp_path):

@@ -127,6 +127,8 @@ def test_evaluate_command_scores_the_checkpoint_and_writes_json(straight_run):
                          [:3] + ["--config=configs/mnist_demo.py:depth=14", f"--checkpoint={workdir / 'checkpoints' / '20'}"],
                          cwd=ROOT, env=environment(1), capture_output=True, text=True, timeout=400)
   assert wrong.returncode == 1 and "do not fit the config's network" in wrong.stderr, wrong.stderr[-2000:]
+  untrained = train(workdir / "nothing", 24, module="resnet_jax.evaluate")
+  assert untrained.returncode == 1 and "no checkpoints in" in untrained.stderr and "train first" in untrained.stderr
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
