@@ -13,11 +13,6 @@ import pathlib
 
 from absl import app, flags
 
-_OUTPUT = flags.DEFINE_string("output", None, "the PNG to write")
-_TITLE = flags.DEFINE_string("title", None, "a title over the figure")
-_YMAX = flags.DEFINE_float("ymax", None, "top of the error axis in % (the paper's Figure 6 shows 0-20)")
-
-
 @dataclasses.dataclass
 class Curves:
   name: str
@@ -92,17 +87,21 @@ def draw(curves: list[Curves], title: str | None = None, ymax: float | None = No
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) < 2 or not _OUTPUT.value:
+  FLAGS = flags.FLAGS
+  if len(argv) < 2 or not FLAGS.output:
     raise app.UsageError("usage: python -m resnet_jax.plot RUN_OR_SWEEP_DIR... --output=FIGURE.png")
   try:
     curves = [load_curves(run) for run in find_runs(argv[1:])]
   except FileNotFoundError as error:
     raise SystemExit(f"error: {error}") from None
-  figure = draw(curves, _TITLE.value, _YMAX.value)
-  pathlib.Path(_OUTPUT.value).parent.mkdir(parents=True, exist_ok=True)
-  figure.savefig(_OUTPUT.value, dpi=120)
-  print(f"wrote {_OUTPUT.value} ({len(curves)} runs: {', '.join(c.label for c in curves)})")
+  figure = draw(curves, FLAGS.title, FLAGS.ymax)
+  pathlib.Path(FLAGS.output).parent.mkdir(parents=True, exist_ok=True)
+  figure.savefig(FLAGS.output, dpi=120)
+  print(f"wrote {FLAGS.output} ({len(curves)} runs: {', '.join(c.label for c in curves)})")
 
 
 if __name__ == "__main__":
+  flags.DEFINE_string("output", None, "the PNG to write")
+  flags.DEFINE_string("title", None, "a title over the figure")
+  flags.DEFINE_float("ymax", None, "top of the error axis in % (the paper's Figure 6 shows 0-20)")
   app.run(main)

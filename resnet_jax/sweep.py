@@ -20,14 +20,6 @@ import time
 
 from absl import app, flags
 
-_SWEEP = flags.DEFINE_string("sweep", None, "a named sweep of --sweeps_file")
-_SWEEPS_FILE = flags.DEFINE_string("sweeps_file", "configs/sweeps.py", "where named sweeps are defined")
-_CONFIG = flags.DEFINE_string("config", None, "config file, for a sweep given by --grid")
-_GRID = flags.DEFINE_multi_string("grid", [], "ARGUMENT=V1,V2,...: values of one config argument")
-_SET = flags.DEFINE_multi_string("set", [], "config.FIELD=VALUE, passed to every run as --config.FIELD=VALUE")
-_ROOT = flags.DEFINE_string("root", None, "directory holding one workdir per run")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "print each run's command and state; run nothing")
-
 
 def grid_runs(grid: dict[str, list]) -> list[str]:
   """Every combination of the grid as a config argument string, e.g. 'depth=20,plain=True'."""
@@ -72,15 +64,16 @@ def load_sweep(name: str, sweeps_file: str) -> tuple[str, dict[str, list], list[
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not _ROOT.value or bool(_SWEEP.value) == bool(_CONFIG.value):
+  FLAGS = flags.FLAGS
+  if not FLAGS.root or bool(FLAGS.sweep) == bool(FLAGS.config):
     raise app.UsageError("give --root and either --sweep=NAME or --config=FILE with --grid")
-  if _SWEEP.value:
-    config, grid, settings = load_sweep(_SWEEP.value, _SWEEPS_FILE.value)
+  if FLAGS.sweep:
+    config, grid, settings = load_sweep(FLAGS.sweep, FLAGS.sweeps_file)
   else:
-    config, grid, settings = _CONFIG.value, parse_grid(_GRID.value), []
-  settings += _SET.value
+    config, grid, settings = FLAGS.config, parse_grid(FLAGS.grid), []
+  settings += FLAGS.set
   runs = grid_runs(grid)
-  root = pathlib.Path(_ROOT.value)
+  root = pathlib.Path(FLAGS.root)
   started, failed, durations = time.time(), [], []
   for index, arguments in enumerate(runs, start=1):
     workdir = root / run_name(arguments)
@@ -91,7 +84,7 @@ def main(argv: list[str]) -> None:
       print(f"{prefix}: finished, skipped", flush=True)
       continue
     state = "resuming" if (workdir / "checkpoints").exists() else "starting"
-    if _DRY_RUN.value:
+    if FLAGS.dry_run:
       print(f"{prefix}: would be {state}: {' '.join(command)}")
       continue
     workdir.mkdir(parents=True, exist_ok=True)
@@ -110,7 +103,7 @@ def main(argv: list[str]) -> None:
       print(f"{prefix}: failed (exit {code}): {summary[-1] if summary else 'see the log'}", flush=True)
     else:
       print(f"{prefix}: {summary[-1] if summary else 'done'} ({durations[-1] / 60:.1f} min)", flush=True)
-  if _DRY_RUN.value:
+  if FLAGS.dry_run:
     return
   print(f"sweep of {len(runs)} runs in {root}: {len(runs) - len(failed)} finished, {len(failed)} failed, "
         f"{(time.time() - started) / 60:.1f} min this time")
@@ -120,4 +113,11 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  flags.DEFINE_string("sweep", None, "a named sweep of --sweeps_file")
+  flags.DEFINE_string("sweeps_file", "configs/sweeps.py", "where named sweeps are defined")
+  flags.DEFINE_string("config", None, "config file, for a sweep given by --grid")
+  flags.DEFINE_multi_string("grid", [], "ARGUMENT=V1,V2,...: values of one config argument")
+  flags.DEFINE_multi_string("set", [], "config.FIELD=VALUE, passed to every run as --config.FIELD=VALUE")
+  flags.DEFINE_string("root", None, "directory holding one workdir per run")
+  flags.DEFINE_bool("dry_run", False, "print each run's command and state; run nothing")
   app.run(main)

@@ -15,8 +15,6 @@ import re
 
 from absl import app, flags
 
-_README = flags.DEFINE_string("readme", None, "rewrite this file's block between the results markers")
-
 BEGIN, END = "<!-- results: begin (python -m resnet_jax.table) -->", "<!-- results: end -->"
 
 # (data, depth, plain, shortcut, protocol) -> (top-1 error, top-5 error or None, where in the paper).
@@ -114,8 +112,8 @@ def main(argv: list[str]) -> None:
     raise app.UsageError("usage: python -m resnet_jax.table RUN_OR_SWEEP_DIR... [--readme=README.md]")
   try:
     table = "\n".join(rows(find_records(argv[1:])))
-    if _README.value:
-      readme = pathlib.Path(_README.value)
+    if flags.FLAGS.readme:
+      readme = pathlib.Path(flags.FLAGS.readme)
       readme.write_text(replace_block(readme.read_text(), table))
   except (FileNotFoundError, ValueError) as error:
     raise SystemExit(f"error: {error}") from None
@@ -123,4 +121,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  flags.DEFINE_string("readme", None, "rewrite this file's block between the results markers")
   app.run(main)
