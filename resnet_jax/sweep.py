@@ -61,6 +61,15 @@ def load_sweep(name: str, sweeps_file: str) -> tuple[str, dict[str, list], list[
   return config, grid, list(settings[0]) if settings else []
 
 
+def train(command: list[str], log_path: pathlib.Path) -> tuple[int, str | None]:
+  """Runs one training command, appending its output to `log_path`; returns its exit status and its
+  last "final ..." or "error: ..." line."""
+  with log_path.open("a") as log:
+    code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+  outcomes = [line for line in log_path.read_text().splitlines() if line.startswith(("final", "error"))]
+  return code, outcomes[-1] if outcomes else None
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -94,15 +103,13 @@ def main(argv: list[str]) -> None:
       eta = f", sweep ETA {sum(durations) / len(durations) * left / 60:.0f} min"
     print(f"{prefix}: {state} (log: {workdir / 'train.log'}{eta})", flush=True)
     run_started = time.time()
-    with (workdir / "train.log").open("a") as log:
-      code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+    code, outcome = train(command, workdir / "train.log")
     durations.append(time.time() - run_started)
-    summary = [line for line in (workdir / "train.log").read_text().splitlines() if line.startswith(("final", "error"))]
     if code != 0:
       failed.append(workdir.name)
-      print(f"{prefix}: failed (exit {code}): {summary[-1] if summary else 'see the log'}", flush=True)
+      print(f"{prefix}: failed (exit {code}): {outcome or 'see the log'}", flush=True)
     else:
-      print(f"{prefix}: {summary[-1] if summary else 'done'} ({durations[-1] / 60:.1f} min)", flush=True)
+      print(f"{prefix}: {outcome or 'done'} ({durations[-1] / 60:.1f} min)", flush=True)
   if FLAGS.dry_run:
     return
   print(f"sweep of {len(runs)} runs in {root}: {len(runs) - len(failed)} finished, {len(failed)} failed, "
