@@ -15,6 +15,8 @@ import re
 
 from absl import app, flags
 
+from resnet_jax.models import ModelConfig
+
 BEGIN, END = "<!-- results: begin (python -m resnet_jax.table) -->", "<!-- results: end -->"
 
 # (data, depth, plain, shortcut, protocol) -> (top-1 error, top-5 error or None, where in the paper).
@@ -59,24 +61,26 @@ def find_records(paths: list[str]) -> list[dict]:
 
 
 def _order(record: dict) -> tuple:
-  model = record["config"]["model"]
-  return record["data"], model["plain"], model["depth"], str(model.get("shortcut")), record["workdir"]
+  model = model_of(record)
+  return record["data"], model.plain, model.depth, model.shortcut, record["workdir"]
 
 
-def network(model: dict) -> str:
-  if model["plain"]:
-    name = f"plain-{model['depth']}"
-  else:
-    name = f"ResNet-{model['depth']} ({model.get('shortcut') or ('B' if model['dataset'] == 'imagenet' else 'A')})"
-  return name + (f" {model['variant']}" if model.get("variant", "v1") != "v1" else "")
+def model_of(record: dict) -> ModelConfig:
+  """The record's network, with the defaults the run had (e.g. the paper's shortcut option)."""
+  return ModelConfig.from_mapping(record["config"]["model"])
+
+
+def network(model: ModelConfig) -> str:
+  name = f"plain-{model.depth}" if model.plain else f"ResNet-{model.depth} ({model.shortcut})"
+  return name + (f" {model.variant}" if model.variant != "v1" else "")
 
 
 def paper_numbers(record: dict) -> tuple[float, float | None, str] | None:
-  model = record["config"]["model"]
-  if model.get("variant", "v1") != "v1" and model["depth"] >= 50:
+  model = model_of(record)
+  if model.variant != "v1" and model.block == "bottleneck":
     return None  # the paper's bottleneck nets are v1
-  shortcut = None if model["plain"] else model.get("shortcut") or ("B" if model["dataset"] == "imagenet" else "A")
-  return PAPER.get((record["data"], model["depth"], model["plain"], shortcut, record.get("protocol", "center")))
+  shortcut = None if model.plain else model.shortcut
+  return PAPER.get((record["data"], model.depth, model.plain, shortcut, record.get("protocol", "center")))
 
 
 def hardware(record: dict) -> str:
@@ -94,7 +98,7 @@ def rows(records: list[dict]) -> list[str]:
     paper = paper_numbers(r)
     paper_text = "-" if paper is None else f"{paper[0]:.2f} / {'-' if paper[1] is None else f'{paper[1]:.2f}'} ({paper[2]})"
     weights = "" if r["weights"] == "live" else f" ({r['weights']} weights)"
-    cells = [network(r["config"]["model"]) + weights, f"{r['data']} ({r['split']})", r.get("protocol", "center"),
+    cells = [network(model_of(r)) + weights, f"{r['data']} ({r['split']})", r.get("protocol", "center"),
              f"{r['step']:,}", f"{r['results']['top1_error']:.2f}", f"{r['results']['top5_error']:.2f}", paper_text,
              f"`{r.get('command', '-')}`", hardware(r)]
     lines.append("| " + " | ".join(cells) + " |")
