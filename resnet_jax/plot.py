@@ -13,6 +13,8 @@ import pathlib
 
 from absl import app, flags
 
+from resnet_jax.reporting import read_metrics
+
 @dataclasses.dataclass
 class Curves:
   name: str
@@ -32,8 +34,7 @@ def load_curves(workdir: str | pathlib.Path) -> Curves:
   workdir = pathlib.Path(workdir)
   model = json.loads((workdir / "config.json").read_text())["model"]
   train, test = {}, {}
-  for line in (workdir / "metrics.jsonl").read_text().splitlines():
-    record = json.loads(line)
+  for record in read_metrics(workdir / "metrics.jsonl"):
     if "train/top1" in record:
       train[record["step"]] = 100 * (1 - record["train/top1"])
     if "eval/top1_error" in record:

@@ -4,13 +4,14 @@ what a run leaves in its workdir; shared by the trainer and multi-host tests.
 Tiny settings (ResNet-8 on 28x28 MNIST digits, batch 32) keep each run to seconds of training.
 """
 
-import json
 import os
 import pathlib
 import subprocess
 import sys
 
 import numpy as np
+
+from resnet_jax.reporting import read_metrics
 
 ROOT = pathlib.Path(__file__).parent.parent
 TINY = "configs/mnist_demo.py:depth=8,batch=32,steps={steps}"
@@ -55,14 +56,18 @@ def read_state(workdir, step=None):
   return checkpointer.restore(path, target)
 
 
+def metrics(workdir):
+  """The run's logged metric records, in order."""
+  return read_metrics(pathlib.Path(workdir) / "metrics.jsonl")
+
+
+def by_step(workdir, name):
+  """One metric per step; after a resume the repeated steps' last values count."""
+  return {record["step"]: record[name] for record in metrics(workdir) if name in record}
+
+
 def losses(workdir):
-  """Loss per step; after a resume the repeated steps' last values count."""
-  by_step = {}
-  for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines():
-    record = json.loads(line)
-    if "train/loss" in record:
-      by_step[record["step"]] = record["train/loss"]
-  return by_step
+  return by_step(workdir, "train/loss")
 
 
 def leaves(tree):

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 import pytest
-from runs import ROOT, command, environment, leaves, losses, read_state, saved_steps, train
+from runs import ROOT, command, environment, leaves, losses, metrics, read_state, saved_steps, train
 
 from resnet_jax.distributed import initialize_arguments
 
@@ -63,8 +63,7 @@ def logged_lines(workdir):
 
 
 def final_eval(workdir):
-  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  return [r for r in records if "eval/top1" in r][-1]
+  return [r for r in metrics(workdir) if "eval/top1" in r][-1]
 
 
 def max_difference(a, b):

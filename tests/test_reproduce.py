@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from runs import ROOT, environment, losses, saved_steps
+from runs import ROOT, environment, losses, metrics, saved_steps
 
 from resnet_jax import plot, table
 
@@ -80,7 +80,7 @@ def test_plot_draws_plain_beside_residual_from_the_logged_metrics(sweep, tmp_pat
                     (residual_axis, "depth-8_plain-False_batch-32_steps-6")):
     train_line, test_line = axis.get_lines()
     assert (train_line.get_linestyle(), test_line.get_linestyle()) == ("--", "-")
-    records = [json.loads(line) for line in (root / run / "metrics.jsonl").read_text().splitlines()]
+    records = metrics(root / run)
     np.testing.assert_allclose(train_line.get_ydata(), [100 * (1 - r["train/top1"]) for r in records if "train/top1" in r])
     assert list(test_line.get_xdata()) == [3, 6]
     assert list(test_line.get_ydata()) == [r["eval/top1_error"] for r in records if "eval/top1_error" in r]

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from runs import ROOT, command, environment, leaves, losses, read_state, saved_steps, start, train
+from runs import ROOT, by_step, command, environment, leaves, losses, read_state, saved_steps, start, train
 
 def wait_for_checkpoint(process, workdir, at_least):
   deadline = time.time() + 300
@@ -91,11 +91,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly_then_resumes_identically(s
 
 def test_keeps_the_last_checkpoints_and_the_best_by_eval_top1(straight_run):
   workdir, _ = straight_run
-  evals = {}
-  for line in (workdir / "metrics.jsonl").read_text().splitlines():
-    record = json.loads(line)
-    if "eval/top1" in record:
-      evals[record["step"]] = record["eval/top1"]
+  evals = by_step(workdir, "eval/top1")
   assert sorted(evals) == [5, 10, 15, 20, 24]
   best = max(evals, key=lambda s: (evals[s], s))
   kept = saved_steps(workdir)
@@ -109,17 +105,15 @@ def test_evaluate_command_scores_the_checkpoint_and_writes_json(straight_run):
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   assert "step 24 (live weights)" in evaluated.stdout and "on 1,000 examples" in evaluated.stdout
   record = json.loads((workdir / "eval" / "step_24_live_center.json").read_text())
-  final = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines() if "eval/top1" in l][-1]
-  assert record["results"]["top1"] == pytest.approx(final["eval/top1"])
+  assert record["results"]["top1"] == pytest.approx(by_step(workdir, "eval/top1")[24])
   assert record["results"]["top1"] + record["results"]["top1_error"] == pytest.approx(100)
   assert record["protocol"] == "center" and record["step"] == 24 and record["hardware"]["platform"] == "cpu"
   assert "top-1" in result.stdout and "top-5" in result.stdout
   # One checkpoint directory, scored on its own: the numbers the run logged at that step.
   by_path = train(workdir, 24, f"--checkpoint={workdir / 'checkpoints' / '20'}", module="resnet_jax.evaluate")
   assert by_path.returncode == 0, by_path.stderr[-3000:]
-  at_20 = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines() if "eval/top1" in l]
-  at_20 = [r for r in at_20 if r["step"] == 20][-1]
-  assert f"step 20 (live weights), mnist_bundled test, center protocol: top-1 {at_20['eval/top1']:.2f}%" in by_path.stdout
+  at_20 = by_step(workdir, "eval/top1")[20]
+  assert f"step 20 (live weights), mnist_bundled test, center protocol: top-1 {at_20:.2f}%" in by_path.stdout
   # Multi-view protocols need a streamed ImageNet-style set, and a wrong network is named as such.
   refused = train(workdir, 24, "--protocol=10crop", module="resnet_jax.evaluate")
   assert refused.returncode == 1 and "eval_view='10crop' needs a streamed" in refused.stderr
