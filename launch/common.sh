@@ -20,3 +20,22 @@ quoted() {
 run() {
   if [ "$DRY_RUN" = 0 ]; then "$@"; else quoted "$@"; fi
 }
+
+# resolve_paths ARG...: sets ARGS to the arguments with relative paths made absolute against the
+# caller's directory, since the scripts run from the repository root: --workdir, --checkpoint,
+# --output, the data paths in --config.data.* and a --config file found from here.
+resolve_paths() {
+  ARGS=("$@")
+  [ "$PWD" != "$ROOT" ] || return 0
+  ARGS=()
+  local arg key value
+  for arg in "$@"; do
+    if [[ "$arg" =~ ^--(workdir|checkpoint|output|config\.data\.(data_dir|exclude_file|eval_label_file))=[^/] ]]; then
+      key="${arg%%=*}" value="${arg#*=}"
+      arg="$key=$PWD/$value"
+    elif [[ "$arg" =~ ^--config=[^/] ]] && [ -f "$PWD/$(echo "${arg#--config=}" | cut -d: -f1)" ]; then
+      arg="--config=$PWD/${arg#--config=}"
+    fi
+    ARGS+=("$arg")
+  done
+}

@@ -9,5 +9,6 @@
 # Every argument goes to `python -m resnet_jax.main`; rerun the same command to resume.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
+resolve_paths "$@"
 cd "$ROOT"
-run "$PYTHON" -m "$MODULE" --distributed=off "$@"
+run "$PYTHON" -m "$MODULE" --distributed=off "${ARGS[@]}"

@@ -17,13 +17,14 @@ if [ $# -lt 1 ] || ! [[ "$1" =~ ^[1-9][0-9]*$ ]]; then
   exit 2
 fi
 NUM_PROCESSES="$1"; shift
+resolve_paths "$@"
 cd "$ROOT"
 pids=()
 for ((i = 0; i < NUM_PROCESSES; i++)); do
   command=(env JAX_PLATFORMS=cpu JAX_NUM_CPU_DEVICES="${DEVICES_PER_PROCESS:-4}"
            "$PYTHON" -m "$MODULE" --coordinator_address="127.0.0.1:${PORT:-12355}"
            --num_processes="$NUM_PROCESSES" --process_id="$i"
-           --heartbeat_timeout="${HEARTBEAT_TIMEOUT:-30}" "$@")
+           --heartbeat_timeout="${HEARTBEAT_TIMEOUT:-30}" "${ARGS[@]}")
   if [ "$DRY_RUN" = 1 ]; then run "${command[@]}"; continue; fi
   "${command[@]}" > >(sed -u "s/^/[$i] /") 2>&1 &
   pids+=($!)

@@ -21,10 +21,12 @@ on_all_workers() {
     --worker=all --command="$1"
 }
 
+# Every value goes into the remote shell's command line quoted.
+DIR_Q="$(printf '%q' "$REMOTE_DIR")"
 if [ "${1:-}" = "setup" ]; then
   : "${REPO_URL:?set REPO_URL to a git URL of this repository}"
-  on_all_workers "(git clone $(printf '%q' "$REPO_URL") $REMOTE_DIR || git -C $REMOTE_DIR pull) && \
-cd $REMOTE_DIR && make .venv/.installed && .venv/bin/pip install -q \"jax[tpu]==$JAX_VERSION\""
+  on_all_workers "(git clone $(printf '%q' "$REPO_URL") $DIR_Q || git -C $DIR_Q pull) && \
+cd $DIR_Q && make .venv/.installed && .venv/bin/pip install -q $(printf '%q' "jax[tpu]==$JAX_VERSION")"
   exit 0
 fi
-on_all_workers "cd $REMOTE_DIR && $(quoted .venv/bin/python -m "$MODULE" --distributed=on "$@")"
+on_all_workers "cd $DIR_Q && $(quoted .venv/bin/python -m "$MODULE" --distributed=on "$@")"

@@ -8,6 +8,8 @@ import ast
 
 import ml_collections
 
+from resnet_jax.errors import ConfigError
+
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -26,6 +28,9 @@ def base_config() -> ml_collections.ConfigDict:
       train_split="train",
       eval_split="test",
       eval_label_file="",  # folder: labels of a flat eval folder, lines '<file> <class folder name>'
+      # streamed: a file of example ids to leave out (bad images), one a line, as written by
+      # python -m resnet_jax.data.scan
+      exclude_file="",
       # In memory: 'none', 'crop' or 'crop_flip' (pad-and-crop, Sec. 4.2).
       # Streamed: 'paper' (Sec. 3.4 scale augmentation + PCA lighting) or 'inception'.
       augmentation="crop_flip",
@@ -71,13 +76,51 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+# (field, test, what it must be): the run-level settings that no other component checks. A value
+# that fails is refused before anything loads or compiles.
+_RULES = (
+    ("seed", lambda v: isinstance(v, int) and v >= 0, "a non-negative integer"),
+    ("schedule.learning_rate", lambda v: v > 0, "positive (a negative rate climbs the loss)"),
+    ("schedule.warmup", lambda v: v >= 0, "0 (none) or a positive length"),
+    ("schedule.warmup_lr", lambda v: v >= 0, "non-negative"),
+    ("schedule.decay_factor", lambda v: v > 0, "positive"),
+    ("optimizer.momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("optimizer.weight_decay", lambda v: v >= 0, "non-negative"),
+    ("label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("ema_decay", lambda v: 0 <= v < 1, "in [0, 1) (0: no EMA)"),
+    ("num_train_steps", lambda v: isinstance(v, int) and v >= 0, "0 (use num_epochs) or a positive integer"),
+    ("num_epochs", lambda v: v >= 0, "non-negative"),
+    ("log_every_steps", lambda v: isinstance(v, int) and v >= 1, "a positive integer"),
+    ("checkpoint_every_steps", lambda v: isinstance(v, int) and v >= 1, "a positive integer"),
+    ("keep_checkpoints", lambda v: isinstance(v, int) and v >= 1,
+     "at least 1 (the newest checkpoint is what a rerun resumes from)"),
+    ("eval_every_epochs", lambda v: v >= 0, "0 (only at the end) or positive"),
+    ("profile_steps", lambda v: isinstance(v, int) and v >= 0, "a non-negative integer"),
+)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Refuses the first invalid run setting with a ConfigError naming it (the model, data and batch
+  fields are checked by the components that use them)."""
+  for field, valid, requirement in _RULES:
+    value = config
+    for key in field.split("."):
+      value = value[key]
+    try:
+      ok = valid(value)
+    except TypeError:
+      ok = False
+    if not ok:
+      raise ConfigError(f"{field}={value!r} is invalid: it must be {requirement} (--config.{field}=...)")
+
+
 def parse_arguments(argument: str | None, defaults: dict) -> dict:
   """'depth=56,plain=True' -> {'depth': 56, 'plain': True}, typed like `defaults`; unknown keys fail."""
   values = dict(defaults)
   for item in filter(None, (argument or "").split(",")):
     key, sep, text = item.partition("=")
     if not sep or key not in defaults:
-      raise ValueError(f"config argument {item!r} is not key=value with key in {sorted(defaults)}")
+      raise ConfigError(f"config argument {item!r} is not key=value with key in {sorted(defaults)}")
     default = defaults[key]
     if isinstance(default, str):
       values[key] = text
@@ -90,6 +133,6 @@ def parse_arguments(argument: str | None, defaults: dict) -> dict:
     if kind is float and type(value) is int:
       value = float(value)
     if type(value) is not kind:
-      raise ValueError(f"config argument {key}={text!r} should be a {kind.__name__}")
+      raise ConfigError(f"config argument {key}={text!r} should be a {kind.__name__}")
     values[key] = value
   return values

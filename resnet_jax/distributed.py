@@ -19,6 +19,8 @@ from typing import Any
 from absl import flags
 from absl import logging as absl_logging
 
+from resnet_jax.errors import ConfigError
+
 _MODE = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "on", "off"],
     "auto: start JAX's distributed runtime when the flags, the JAX_* variables or the cluster "
@@ -67,7 +69,7 @@ def initialize_arguments(
     if not explicit and cluster_process_count(env) <= 1:
       return None
   if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
-    raise ValueError(f"process_id={process_id} is outside 0..{num_processes - 1} (num_processes={num_processes})")
+    raise ConfigError(f"process_id={process_id} is outside 0..{num_processes - 1} (num_processes={num_processes})")
   return dict(coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id,
               heartbeat_timeout_seconds=heartbeat_timeout)
 
@@ -84,7 +86,7 @@ def initialize() -> None:
     jax.distributed.initialize(**arguments)
   except (ValueError, RuntimeError, TypeError) as error:
     given = ", ".join(f"{k}={v}" for k, v in arguments.items() if v is not None)
-    raise ValueError(
+    raise ConfigError(
         f"could not start JAX's distributed runtime ({given}): {str(error).splitlines()[0]}. Outside "
         "SLURM, Open MPI and TPU pods, give every process the same --coordinator_address=HOST:PORT "
         "(process 0's host, a free port) and --num_processes, and each its own --process_id"

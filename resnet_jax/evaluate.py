@@ -22,7 +22,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from resnet_jax import sharding
-from resnet_jax.reporting import fetch, quiet_libraries
+from resnet_jax.errors import CheckpointError, ConfigError
+from resnet_jax.reporting import fetch, quiet_libraries, write_atomically
 
 SYNC_EVERY = 8  # read results at least this often (see reporting.fetch)
 
@@ -110,7 +111,7 @@ def write_record(workdir: str | pathlib.Path, step: int, config: Any, results: d
   path = pathlib.Path(workdir) / "eval" / f"step_{step}_{weights}_{protocol}.json"
   if jax.process_index() == 0:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    write_atomically(path, json.dumps(record, indent=2, default=str) + "\n")
   return path
 
 
@@ -140,21 +141,20 @@ def main(argv: list[str]) -> None:
   del argv
   quiet_libraries()
   FLAGS = flags.FLAGS
-  config, workdir = FLAGS.config, FLAGS.workdir or FLAGS.checkpoint
+  config = FLAGS.config
+  workdir = FLAGS.workdir or (FLAGS.checkpoint and run_of_checkpoint(FLAGS.checkpoint))
   if not workdir:
-    raise SystemExit("error: give --workdir (a run's directory) or --checkpoint (a checkpoint directory)")
+    raise ConfigError("give --workdir: a run's directory to score, or, with --checkpoint outside a run, where "
+                      "the evaluation record goes (WORKDIR/eval/)")
   if FLAGS.protocol:
     with config.unlocked():
       config.data.eval_view = FLAGS.protocol
   distributed.initialize()
-  try:
-    experiment = setup(config)
-    if FLAGS.checkpoint:
-      step, scored = _weights_from_directory(experiment, FLAGS.checkpoint)
-    else:
-      step, scored = _weights_from_run(experiment, workdir, FLAGS.step)
-  except (ValueError, FileNotFoundError) as error:
-    raise SystemExit(f"error: {error}") from None
+  experiment = setup(config)
+  if FLAGS.checkpoint:
+    step, scored = _weights_from_directory(experiment, FLAGS.checkpoint)
+  else:
+    step, scored = _weights_from_run(experiment, workdir, FLAGS.step)
   for weights, params, batch_stats in scored:
     results = evaluate(experiment, params, batch_stats)
     path = write_record(workdir, step, config, results, weights, checkpoint=FLAGS.checkpoint)
@@ -163,19 +163,26 @@ def main(argv: list[str]) -> None:
             f"{config.data.eval_view} protocol: {describe(results)}; wrote {path}")
 
 
+def run_of_checkpoint(directory: str) -> str | None:
+  """The run a `WORKDIR/checkpoints/STEP` directory belongs to, where its records go; None otherwise."""
+  path = pathlib.Path(directory).absolute()
+  return str(path.parent.parent) if path.parent.name == "checkpoints" and path.name.isdigit() else None
+
+
 def _weights_from_run(experiment: Any, workdir: str, step: int | None) -> tuple[int, list]:
   from resnet_jax.checkpoint import Checkpoints
 
   if not (pathlib.Path(workdir) / "checkpoints").is_dir():
-    raise FileNotFoundError(f"no checkpoints in {workdir}; train first with python -m resnet_jax.main")
+    raise CheckpointError(f"no checkpoints in {workdir}; train first with python -m resnet_jax.main")
   config = experiment.config
-  checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints, keep_best=config.keep_best)
+  # Read-only: the run may be training right now, and its in-progress save must stay untouched.
+  checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints, keep_best=config.keep_best, read_only=True)
   try:
     state, step, _ = experiment.restore(checkpoints, step)
   finally:
     checkpoints.close()
   if step == 0:
-    raise FileNotFoundError(f"no readable checkpoint in {checkpoints.directory}")
+    raise CheckpointError(f"no checkpoint in {checkpoints.directory} yet; the run has not saved one")
   scored = [("live", state.params, state.batch_stats)]
   if state.ema_params is not None:
     scored.append(("ema", state.ema_params, state.batch_stats))
@@ -193,18 +200,19 @@ def _weights_from_directory(experiment: Any, directory: str) -> tuple[int, list]
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import flags
   from ml_collections import config_flags
 
   import resnet_jax.distributed  # noqa: F401  (its flags)
+  from resnet_jax import cli
 
   config_flags.DEFINE_config_file("config", None, "config file[:arguments]", lock_config=True)
   flags.DEFINE_string("workdir", None, "the run's directory (holds checkpoints/; the record goes to its eval/)")
   flags.DEFINE_integer("step", None, "checkpoint step to score (default: the newest readable)")
   flags.DEFINE_string("checkpoint", None, "score this checkpoint directory instead: a run's checkpoints/STEP "
-                      "or the output of python -m resnet_jax.convert")
+                      "(its record goes to that run's eval/) or the output of python -m resnet_jax.convert")
   flags.DEFINE_enum("protocol", None, ["center", "10crop", "multiscale"],
                     "the test views (sets data.eval_view): center crop, the 10 crops of Table 3, or "
                     "Table 4's fully-convolutional multi-scale")
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  cli.run(main)

@@ -12,9 +12,11 @@ import ml_collections
 import optax
 from flax import nnx
 
+from resnet_jax import config as config_lib
 from resnet_jax import optim, sharding
 from resnet_jax.checkpoint import Checkpoints
 from resnet_jax.data.inputs import Inputs, make_inputs
+from resnet_jax.errors import ConfigError
 from resnet_jax.models import ModelConfig, build_model
 
 
@@ -67,8 +69,6 @@ class Experiment:
     if found is None:
       return self.initial_state(), 0, {"step": 0}
     step, state, data_state = found
-    if int(state.step) != step or data_state.get("step") != step:
-      raise RuntimeError(f"checkpoint {step} is inconsistent: state step {int(state.step)}, data {data_state}")
     logging.info("resumed from checkpoint %d in %s", step, checkpoints.directory)
     return state, step, data_state
 
@@ -76,11 +76,12 @@ class Experiment:
 def setup(config: ml_collections.ConfigDict, inputs: Inputs | None = None) -> Experiment:
   """Checks the config and loads what the run needs (the config's data, unless `inputs` stands in
   for it); every config error surfaces here, before anything compiles."""
+  config_lib.validate(config)
   sharding.check_global_batch(config.eval_batch_size, "eval_batch_size")
   sharding.check_global_batch(config.batch_size, "batch_size")
   model_config = ModelConfig.from_mapping(config.model)
   if model_config.bn_group_size and config.batch_size % model_config.bn_group_size:
-    raise ValueError(
+    raise ConfigError(
         f"batch_size={config.batch_size} does not split into BN groups of "
         f"model.bn_group_size={model_config.bn_group_size}"
     )
@@ -89,10 +90,10 @@ def setup(config: ml_collections.ConfigDict, inputs: Inputs | None = None) -> Ex
   model = nnx.eval_shape(lambda: build_model(model_config, seed=config.seed))
   steps_per_epoch = inputs.num_train // config.batch_size
   if steps_per_epoch == 0:
-    raise ValueError(f"batch_size={config.batch_size} exceeds the {inputs.num_train} training examples")
+    raise ConfigError(f"batch_size={config.batch_size} exceeds the {inputs.num_train} training examples")
   total_steps = config.num_train_steps or round(config.num_epochs * steps_per_epoch)
   if total_steps <= 0:
-    raise ValueError("set num_train_steps or num_epochs to a positive value")
+    raise ConfigError("set num_train_steps or num_epochs to a positive value")
   schedule = optim.learning_rate_schedule(config.schedule, steps_per_epoch, total_steps)
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   return Experiment(
@@ -108,10 +109,10 @@ def setup(config: ml_collections.ConfigDict, inputs: Inputs | None = None) -> Ex
 def _check_inputs(model_config: ModelConfig, inputs: Inputs) -> None:
   channels = inputs.channels
   if channels != model_config.input_channels:
-    raise ValueError(
+    raise ConfigError(
         f"the images have {channels} channel(s) but model.input_channels={model_config.input_channels}"
     )
   if inputs.num_classes > model_config.num_classes:
-    raise ValueError(
+    raise ConfigError(
         f"the data has {inputs.num_classes} classes but model.num_classes={model_config.num_classes}"
     )

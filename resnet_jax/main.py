@@ -6,15 +6,13 @@ Running the same command again on the same workdir resumes from its newest check
 several processes starts every process with the same command (see launch/ and distributed.py).
 """
 
-import logging
 import os
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from resnet_jax import distributed
-from resnet_jax.data import DatasetNotPrepared
+from resnet_jax import cli, distributed
 from resnet_jax.reporting import quiet_libraries
 
 FLAGS = flags.FLAGS
@@ -29,15 +27,11 @@ def main(argv: list[str]) -> None:
   quiet_libraries()
   import jax
 
-  from resnet_jax.train import TrainingDiverged, train_and_evaluate
+  from resnet_jax.train import train_and_evaluate
 
   try:
     distributed.initialize()
     outcome = train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (TrainingDiverged, DatasetNotPrepared, ValueError) as error:
-    logging.error("%s", error)
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(1)
   except jax.errors.JaxRuntimeError as error:
     if jax.process_count() == 1:
       raise
@@ -58,11 +52,10 @@ def _stop_after_lost_process(error: Exception) -> None:
       f"{os.path.join(FLAGS.workdir, 'checkpoints')} are intact: start the same command on every "
       f"process to resume."
   )
-  logging.error("%s", message)
   print(message, file=sys.stderr, flush=True)
   sys.stdout.flush()
   os._exit(1)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from resnet_jax.errors import ConfigError
+
 DECAYS = ("step", "cosine")
 WARMUPS = ("linear", "constant")
 OPTIMIZERS = ("sgd", "lars")
@@ -18,7 +20,7 @@ UNITS = ("steps", "epochs")
 
 def _choice(value: str, valid: tuple[str, ...], what: str) -> str:
   if value not in valid:
-    raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
+    raise ConfigError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
   return value
 
 
@@ -38,7 +40,7 @@ def learning_rate_schedule(schedule: Any, steps_per_epoch: int, total_steps: int
   if decay == "step":
     boundaries = [to_steps(b) for b in schedule.boundaries]
     if boundaries != sorted(boundaries) or any(b <= 0 for b in boundaries):
-      raise ValueError(f"schedule boundaries must be positive and increasing; got {boundaries}")
+      raise ConfigError(f"schedule boundaries must be positive and increasing; got {boundaries}")
     main = optax.piecewise_constant_schedule(peak, {b: schedule.decay_factor for b in boundaries})
   else:
     span = max(total_steps - warmup, 1)

@@ -3,6 +3,7 @@ scripts, written by process 0 only."""
 
 import json
 import logging
+import os
 import pathlib
 from collections.abc import Mapping
 
@@ -19,6 +20,11 @@ class Reporter:
         workdir, just_logging=not self.is_writer, asynchronous=True
     )
     self.jsonl = pathlib.Path(workdir) / "metrics.jsonl"
+    if self.is_writer and self.jsonl.exists() and self.jsonl.stat().st_size:
+      with self.jsonl.open("rb+") as f:  # a line cut short by a crash stays apart from the resumed run's
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) != b"\n":
+          f.write(b"\n")
 
   def scalars(self, step: int, values: Mapping[str, float]) -> None:
     values = {name: float(value) for name, value in values.items()}
@@ -33,7 +39,7 @@ class Reporter:
   def config(self, config: Mapping) -> None:
     """The run's whole config as `config.json`, for the plot and table commands (and for people)."""
     if self.is_writer:
-      (self.jsonl.parent / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+      write_atomically(self.jsonl.parent / "config.json", json.dumps(config, indent=2, default=str) + "\n")
 
   def close(self) -> None:
     self.writer.flush()
@@ -41,8 +47,31 @@ class Reporter:
 
 
 def read_metrics(path: str | pathlib.Path) -> list[dict]:
-  """The JSON-lines copy of a run's metrics, in order."""
-  return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line]
+  """The JSON-lines copy of a run's metrics, in order; a line cut short by a crash is skipped."""
+  records = []
+  for number, line in enumerate(pathlib.Path(path).read_text().splitlines(), start=1):
+    try:
+      records.append(json.loads(line))
+    except ValueError:
+      if line:
+        logging.warning("%s line %d is damaged (a crash while writing it?); skipped", path, number)
+  return records
+
+
+def write_atomically(path: pathlib.Path, text: str) -> None:
+  """Writes a whole file or nothing: a crash never leaves one half written."""
+  temporary = path.with_name(f".{path.name}.tmp")
+  temporary.write_text(text)
+  os.replace(temporary, path)
+
+
+def read_record(path: pathlib.Path) -> dict | None:
+  """An evaluation record (eval/*.json), or None with a warning when it cannot be read."""
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError) as error:
+    logging.warning("skipping the unreadable evaluation record %s (%s)", path, error)
+    return None
 
 
 def fetch(pending: list[dict]) -> list[dict[str, float]]:

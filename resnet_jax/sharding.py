@@ -10,6 +10,8 @@ from typing import Any
 import jax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from resnet_jax.errors import ConfigError
+
 DATA_AXIS = "data"
 
 
@@ -33,11 +35,11 @@ def check_global_batch(batch_size: int, what: str = "batch_size") -> int:
   """Returns the per-process batch; a clear error, before anything compiles, if it cannot split."""
   devices, processes = jax.device_count(), jax.process_count()
   if not isinstance(batch_size, int) or batch_size < 1:
-    raise ValueError(f"{what} must be a positive integer; got {batch_size!r}")
+    raise ConfigError(f"{what} must be a positive integer; got {batch_size!r}")
   if batch_size % devices:
     lower = batch_size - batch_size % devices
     suggestion = f"{lower} or {lower + devices}" if lower else f"{devices}"
-    raise ValueError(
+    raise ConfigError(
         f"{what}={batch_size} does not divide evenly over {devices} devices (per-device batch "
         f"{batch_size / devices:g}); use a multiple of {devices}, e.g. {suggestion}"
     )

@@ -12,13 +12,14 @@ reported and the sweep goes on, then exits 1.
 
 import importlib.util
 import itertools
-import json
 import pathlib
 import subprocess
 import sys
 import time
 
 from absl import app, flags
+
+from resnet_jax.reporting import read_record
 
 
 def grid_runs(grid: dict[str, list]) -> list[str]:
@@ -32,7 +33,7 @@ def run_name(arguments: str) -> str:
 
 
 def is_finished(workdir: pathlib.Path) -> bool:
-  return any(json.loads(p.read_text()).get("final") for p in (workdir / "eval").glob("*.json"))
+  return any((read_record(p) or {}).get("final") for p in (workdir / "eval").glob("*.json"))
 
 
 def parse_grid(entries: list[str]) -> dict[str, list[str]]:

@@ -9,13 +9,13 @@ protocol, steps, top-1/top-5 error, the paper's errors for the same network and 
 not report shows "-". `--readme` rewrites the block between the README's results markers.
 """
 
-import json
 import pathlib
 import re
 
 from absl import app, flags
 
 from resnet_jax.models import ModelConfig
+from resnet_jax.reporting import read_record
 
 BEGIN, END = "<!-- results: begin (python -m resnet_jax.table) -->", "<!-- results: end -->"
 
@@ -50,7 +50,9 @@ def find_records(paths: list[str]) -> list[dict]:
   newest: dict[tuple, dict] = {}
   for path in map(pathlib.Path, paths):
     for file in sorted(path.glob("eval/*.json")) + sorted(path.glob("*/eval/*.json")):
-      record = json.loads(file.read_text())
+      record = read_record(file)
+      if record is None:
+        continue
       record["workdir"] = str(file.parent.parent)
       key = (record["workdir"], record.get("protocol", "center"), record["weights"])
       if key not in newest or (record["step"], record["date"]) >= (newest[key]["step"], newest[key]["date"]):

@@ -1,7 +1,8 @@
 """The trainer: one data-parallel loop for every config, around the train step of train_step.py.
 
 Metrics are read back every few steps, which also checks the loss: a checkpoint is only written
-after every step before it has been seen finite.
+after every step before it has been seen finite, and only of a finite state (see checkpoint.py).
+The run holds its workdir's lock throughout (see lock.py).
 """
 
 import logging
@@ -11,27 +12,25 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from clu import parameter_overview, periodic_actions
 
 from resnet_jax import sharding
 from resnet_jax.checkpoint import Checkpoints, PreemptionWatch
+from resnet_jax.errors import ConfigError, TrainingDiverged
 from resnet_jax.evaluate import describe, evaluate, write_record
 from resnet_jax.experiment import setup
+from resnet_jax.lock import WorkdirLock
 from resnet_jax.reporting import Reporter, fetch
 from resnet_jax.train_step import compile_train_step
 
 SYNC_EVERY = 10  # read metrics at least this often (see reporting.fetch)
 
 
-class TrainingDiverged(RuntimeError):
-  """The loss became NaN or infinite."""
-
-
 def _check_finite(metrics: list[dict[str, float]], first_step: int, checkpoints: Checkpoints) -> None:
   for offset, m in enumerate(metrics):
     if not math.isfinite(m["loss"]):
-      steps = checkpoints.steps()
-      kept = f"the last good checkpoint (step {steps[-1]}) is intact" if steps else "no checkpoint was written"
+      newest = checkpoints.newest()
+      kept = (f"the newest checkpoint, step {newest}, holds only finite values" if newest
+              else "no checkpoint was written")
       raise TrainingDiverged(
           f"loss is {m['loss']} at step {first_step + offset}; training stopped and {kept}. "
           f"Lower schedule.learning_rate or add warmup, then rerun the same command to resume."
@@ -55,6 +54,18 @@ def _evaluate_and_report(experiment, state, step, reporter) -> dict[str, float]:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) the run in `workdir`; returns the final eval results."""
+  lock = WorkdirLock(workdir)
+  if jax.process_index() == 0:
+    lock.acquire()  # first: a second trainer, or an unwritable workdir, fails before any set-up
+  try:
+    return _train(config, workdir)
+  finally:
+    lock.release()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  from clu import parameter_overview, periodic_actions  # imports TensorFlow (~15 s): after the lock
+
   experiment = setup(config)
   checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints, keep_best=config.keep_best)
   reporter = Reporter(workdir)
@@ -62,6 +73,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   try:
     state, start, data_state = experiment.restore(checkpoints)
     total = experiment.total_steps
+    if start > total:
+      raise ConfigError(
+          f"the newest checkpoint in {checkpoints.directory} is step {start}, past this config's end at step "
+          f"{total}; set num_train_steps (or num_epochs) to at least that to continue the run, or use a new "
+          f"--workdir")
     reporter.config(config.to_dict())
     if start == 0:
       parameter_overview.log_parameter_overview(state.params)
@@ -96,7 +112,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if log_now and window:
         reporter.scalars(done, _mean(window))
         window = []
-      results = _evaluate_and_report(experiment, state, done, reporter) if eval_now else None
+      results = None
+      if eval_now:
+        try:
+          results = _evaluate_and_report(experiment, state, done, reporter)
+        except Exception:
+          checkpoints.save(done, state, batches.state())  # the training done is kept, unscored
+          raise
       if save_now or preempted:
         checkpoints.save(done, state, batches.state(), metrics={"top1": results["top1"]} if results else None)
       if preempted:

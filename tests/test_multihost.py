@@ -189,7 +189,11 @@ def test_sigterm_makes_every_process_save_the_same_step_and_exit_cleanly(tmp_pat
     ("tpu_pod.sh", ["setup"], {"TPU_NAME": "pod", "ZONE": "z", "PROJECT": "p", "REPO_URL": "https://h/r.git"},
      ["gcloud compute tpus tpu-vm ssh pod --zone=z --project=p --worker=all '--command=(git clone https://h/r.git "
       "resnet_jax || git -C resnet_jax pull) && cd resnet_jax && make .venv/.installed && .venv/bin/pip install -q "
-      "\"jax[tpu]==0.10.2\"'"]),
+      "jax\\[tpu\\]==0.10.2'"]),
+    # Values with spaces or shell syntax reach the workers' shell quoted.
+    ("tpu_pod.sh", ["--workdir=/mnt/r"], {"TPU_NAME": "pod", "ZONE": "z", "REMOTE_DIR": "my dir; ls"},
+     ["gcloud compute tpus tpu-vm ssh pod --zone=z --worker=all '--command=cd my\\ dir\\;\\ ls && "
+      ".venv/bin/python -m resnet_jax.main --distributed=on --workdir=/mnt/r'"]),
 ])
 def test_launch_script_dry_run_prints_its_commands(script, arguments, env, expected):
   python = "/usr/bin/python3-for-test"
@@ -197,6 +201,16 @@ def test_launch_script_dry_run_prints_its_commands(script, arguments, env, expec
                           text=True, env=dict(os.environ, PYTHON=python, **env), timeout=60)
   assert result.returncode == 0, result.stderr
   assert result.stdout.splitlines() == [line.format(python=python) for line in expected]
+
+
+def test_launch_from_another_directory_keeps_relative_paths_relative_to_it(tmp_path):
+  (tmp_path / "my.py").write_text("")
+  result = subprocess.run(["bash", str(ROOT / "launch" / "local.sh"), "--dry-run", "--config=my.py:depth=8",
+                           "--workdir=runs/x", "--config.data.data_dir=data", "--config=configs/cifar10.py"],
+                          cwd=tmp_path, capture_output=True, text=True, env=dict(os.environ, PYTHON="py"), timeout=60)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.split()[4:] == [f"--config={tmp_path}/my.py:depth=8", f"--workdir={tmp_path}/runs/x",
+                                       f"--config.data.data_dir={tmp_path}/data", "--config=configs/cifar10.py"]
 
 
 @pytest.mark.parametrize("script, arguments, env, message", [

@@ -2,6 +2,7 @@
 Figure 4/6-style plot from its logged metrics, and the results table beside the paper's numbers."""
 
 import json
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -121,3 +122,33 @@ def test_paper_numbers_are_matched_by_network_and_protocol(model, data, protocol
   record = {"config": {"model": dict(model, dataset="imagenet" if data == "imagenet2012" else "cifar")},
             "data": data, "protocol": protocol}
   assert table.paper_numbers(record) == expected
+
+
+def test_a_truncated_eval_record_is_skipped_with_a_warning_not_a_crash(sweep, tmp_path, caplog):
+  from resnet_jax.sweep import is_finished
+  root, _ = sweep
+  run = tmp_path / "run"
+  shutil.copytree(next(p for p in root.iterdir() if (p / "eval").is_dir()), run)
+  assert is_finished(run)
+  for record in (run / "eval").glob("*.json"):
+    record.write_text(record.read_text()[:40])  # cut short, as by a crash while writing it
+  assert not is_finished(run)  # so the sweep resumes (and completes) the run
+  with pytest.raises(FileNotFoundError, match="no evaluation records"):
+    table.find_records([str(run)])
+  assert "skipping the unreadable evaluation record" in caplog.text
+
+
+def test_evaluating_a_runs_checkpoint_directory_writes_the_record_into_that_run():
+  from resnet_jax.evaluate import run_of_checkpoint
+  assert run_of_checkpoint("runs/r50/checkpoints/20") == str(pathlib.Path("runs/r50").absolute())
+  assert run_of_checkpoint("/models/converted_resnet50") is None  # needs --workdir: where the record goes
+
+
+def test_a_metrics_line_cut_short_by_a_crash_is_skipped_and_the_resumed_run_logs_apart(tmp_path, caplog):
+  from resnet_jax.reporting import Reporter, read_metrics
+  (tmp_path / "metrics.jsonl").write_text('{"step": 1, "train/loss": 2.5}\n{"step": 2, "train/lo')
+  reporter = Reporter(str(tmp_path))
+  reporter.scalars(2, {"train/loss": 2.25})
+  reporter.close()
+  assert read_metrics(tmp_path / "metrics.jsonl") == [{"step": 1, "train/loss": 2.5}, {"step": 2, "train/loss": 2.25}]
+  assert "line 2 is damaged" in caplog.text

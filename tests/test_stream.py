@@ -60,7 +60,7 @@ def test_labels_follow_sorted_class_folders_and_the_label_file(folder):
   assert train.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
   val = FolderSource(str(folder), "val", label_file=str(folder / "val_labels.txt"))
   assert val.labels.tolist() == [0, 1, 2, 0, 1]
-  with pytest.raises(FileNotFoundError, match="expected .*<class>"):
+  with pytest.raises(DatasetNotPrepared, match="expected .*<class>"):
     FolderSource(str(folder), "test")
 
 

@@ -6,6 +6,7 @@ step, eval batches, and the facts the config is checked against.
 
 import dataclasses
 import functools
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from resnet_jax.data.pipeline import Normalizer, TrainBatches, eval_batches
 from resnet_jax.data.sources import load_split, tfds_has_fixed_shape
+from resnet_jax.errors import ConfigError
 
 
 class StepCounter(Iterator[dict[str, np.ndarray]]):
@@ -45,8 +47,11 @@ def make_inputs(config: Any) -> Inputs:
   d = config.data
   if d.source == "folder" or d.source == "tfds" and not tfds_has_fixed_shape(d.name, d.data_dir or None):
     return _stream_inputs(config)
+  if d.exclude_file:
+    raise ConfigError(f"data.exclude_file applies to streamed data sets (folder, or tfds with images of varying "
+                      f"size); {d.name} is held in memory, decoded already")
   if d.eval_view != "center":
-    raise ValueError(
+    raise ConfigError(
         f"eval_view={d.eval_view!r} needs a streamed ImageNet-style source (folder, or tfds with images "
         f"of varying size); {d.name} is held in memory and scored on its whole images"
     )
@@ -64,18 +69,30 @@ def make_inputs(config: Any) -> Inputs:
   )
 
 
+def stream_sources(config: Any, exclude: set[str] = frozenset()) -> tuple[Any, Any]:
+  """The train and eval sources of a streamed data set (an image folder or a tfds build)."""
+  from resnet_jax.data import stream
+
+  d = config.data
+  if d.source == "folder":
+    return (stream.FolderSource(d.data_dir, d.train_split, exclude=exclude),
+            stream.FolderSource(d.data_dir, d.eval_split, label_file=d.eval_label_file or None, exclude=exclude))
+  return (stream.TfdsSource(d.name, d.train_split, d.data_dir or None, exclude=exclude),
+          stream.TfdsSource(d.name, d.eval_split, d.data_dir or None, exclude=exclude))
+
+
 def _stream_inputs(config: Any) -> Inputs:
   from resnet_jax.data import augment, stream
 
   d = config.data
-  if d.source == "folder":
-    train_source = stream.FolderSource(d.data_dir, d.train_split)
-    eval_source = stream.FolderSource(d.data_dir, d.eval_split, label_file=d.eval_label_file or None)
-  else:
-    train_source = stream.TfdsSource(d.name, d.train_split, d.data_dir or None)
-    eval_source = stream.TfdsSource(d.name, d.eval_split, d.data_dir or None)
+  exclude = stream.read_exclusions(d.exclude_file)
+  train_source, eval_source = stream_sources(config, exclude)
+  unused = exclude - train_source.excluded - eval_source.excluded
+  if unused:
+    logging.warning("%d id(s) of data.exclude_file=%s match no example of the %s and %s splits, e.g. %s",
+                    len(unused), d.exclude_file, d.train_split, d.eval_split, sorted(unused)[0])
   if d.normalization not in ("channel_mean_std", "channel_mean"):
-    raise ValueError(
+    raise ConfigError(
         f"a streamed data set normalises by 'channel_mean_std' or 'channel_mean'; got {d.normalization!r}"
     )
   mean = augment.IMAGENET_MEAN
@@ -86,7 +103,7 @@ def _stream_inputs(config: Any) -> Inputs:
       "inception": lambda b, s: augment.inception_train(b, s, crop=d.image_size, antialias=d.train_antialias),
   }
   if d.augmentation not in train_augmentations:
-    raise ValueError(f"unknown augmentation {d.augmentation!r} for a streamed data set; valid: paper, inception")
+    raise ConfigError(f"unknown augmentation {d.augmentation!r} for a streamed data set; valid: paper, inception")
   train_augment = train_augmentations[d.augmentation]
   views = stream.views_function(d.eval_view, d.eval_resize, d.image_size, d.eval_scales)
   # Multi-scale batches group images by shape: read every header once, at the first evaluation.

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from resnet_jax.data.sources import ArraySplit
+from resnet_jax.errors import ConfigError
 
 AUGMENTATIONS = ("none", "crop", "crop_flip")
 NORMALIZATIONS = ("pixel_mean", "channel_mean_std")
@@ -33,7 +34,7 @@ class Normalizer:
       return cls(pixels.mean(0).astype(np.float32), np.ones((1,), np.float32))
     if kind == "channel_mean_std":
       return cls(pixels.mean((0, 1, 2)).astype(np.float32), pixels.std((0, 1, 2)).astype(np.float32))
-    raise ValueError(f"unknown normalization {kind!r}; valid: {', '.join(NORMALIZATIONS)}")
+    raise ConfigError(f"unknown normalization {kind!r}; valid: {', '.join(NORMALIZATIONS)}")
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
     return (images.astype(np.float32) / 255.0 - self.mean) / self.scale
@@ -89,9 +90,9 @@ class TrainBatches(Iterator[dict[str, np.ndarray]]):
       step: int = 0,
   ):
     if augmentation not in AUGMENTATIONS:
-      raise ValueError(f"unknown augmentation {augmentation!r}; valid: {', '.join(AUGMENTATIONS)}")
+      raise ConfigError(f"unknown augmentation {augmentation!r}; valid: {', '.join(AUGMENTATIONS)}")
     if global_batch > len(split):
-      raise ValueError(f"batch of {global_batch} is larger than the {len(split)} training examples")
+      raise ConfigError(f"batch of {global_batch} is larger than the {len(split)} training examples")
     self.split = split
     self.global_batch = global_batch
     self.seed = seed

@@ -7,6 +7,8 @@ import dataclasses
 
 import numpy as np
 
+from resnet_jax.errors import ConfigError, DatasetNotPrepared
+
 MNIST_TEST_EXAMPLES = 1000
 
 
@@ -21,10 +23,6 @@ class ArraySplit:
 
   def __len__(self) -> int:
     return len(self.labels)
-
-
-class DatasetNotPrepared(RuntimeError):
-  """A data set that is not on disk; the message says how to prepare it."""
 
 
 def bundled_mnist(split: str) -> ArraySplit:
@@ -43,7 +41,7 @@ def bundled_mnist(split: str) -> ArraySplit:
   cut = len(labels) - MNIST_TEST_EXAMPLES
   chosen = {"train": order[:cut], "test": order[cut:]}
   if split not in chosen:
-    raise ValueError(f"bundled MNIST has splits 'train' and 'test'; got {split!r}")
+    raise ConfigError(f"bundled MNIST has splits 'train' and 'test'; got {split!r}")
   index = np.sort(chosen[split])
   images = pixels[index].reshape(-1, 28, 28, 1).astype(np.uint8)
   return ArraySplit(images, labels[index].astype(np.int32))
@@ -100,5 +98,5 @@ SOURCES = {"mnist_bundled": lambda name, split, data_dir: bundled_mnist(split), 
 
 def load_split(source: str, name: str, split: str, data_dir: str | None = None) -> ArraySplit:
   if source not in SOURCES:
-    raise ValueError(f"unknown data source {source!r}; valid: {', '.join(SOURCES)}")
+    raise ConfigError(f"unknown data source {source!r}; valid: {', '.join(SOURCES)}")
   return SOURCES[source](name, split, data_dir)

@@ -8,6 +8,8 @@ own slice of the same global batch, whatever the process count. Each process rea
 examples of its slices.
 """
 
+import itertools
+import logging
 import pathlib
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,7 +19,8 @@ import tensorflow as tf
 
 from resnet_jax.data import augment
 from resnet_jax.data.pipeline import process_slice
-from resnet_jax.data.sources import DatasetNotPrepared, tfds_builder
+from resnet_jax.data.sources import tfds_builder
+from resnet_jax.errors import ConfigError, DataError, DatasetNotPrepared
 
 # TensorFlow only feeds the input pipeline: keep it off the accelerators JAX uses.
 tf.config.set_visible_devices([], "GPU")
@@ -25,46 +28,99 @@ tf.config.set_visible_devices([], "GPU")
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
 
+def _visible(path: pathlib.Path) -> bool:
+  """Hidden entries (.ipynb_checkpoints, macOS ._* files) are never classes or images."""
+  return not path.name.startswith(".")
+
+
+def _images_in(folder: pathlib.Path) -> list[pathlib.Path]:
+  return sorted(p for p in folder.iterdir() if _visible(p) and p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_exclusions(path: str) -> set[str]:
+  """The example ids of an exclude file: one a line (as the scan command writes them); blank lines
+  and lines starting with # are skipped."""
+  if not path:
+    return set()
+  try:
+    lines = pathlib.Path(path).read_text().splitlines()
+  except OSError as error:
+    raise ConfigError(f"cannot read data.exclude_file={path!r}: {error.strerror}") from None
+  return {line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")}
+
+
 class FolderSource:
-  """Images in `root/<split>/<class>/*.JPEG`: class k is the k-th folder name in sorted order (the
-  order tfds and torchvision use, so labels and converted weights agree).
+  """Images in `root/<split>/<class>/*.JPEG`: class k is the k-th folder name of train/ in sorted
+  order (the order tfds and torchvision use, so labels and converted weights agree). Hidden files
+  and folders are ignored; an empty class folder keeps its index (with a warning); an eval image of
+  a class train/ does not have is an error, never a silent drop.
 
   A flat split folder takes its labels from `label_file`: lines of `<file name> <class name>`.
+  Examples whose id (the path under `root`, e.g. `train/n01440764/x.JPEG`) is in `exclude` are
+  left out, which keeps the index-based order deterministic and resumable.
   """
 
-  def __init__(self, root: str, split: str, *, label_file: str | None = None):
+  def __init__(self, root: str, split: str, *, label_file: str | None = None, exclude: set[str] = frozenset()):
     if not root:
-      raise ValueError("set --config.data.data_dir to the folder that holds train/ and val/")
+      raise ConfigError("set --config.data.data_dir to the folder that holds train/ and val/")
     base = pathlib.Path(root)
-    classes = sorted(p.name for p in (base / "train").iterdir() if p.is_dir()) if (base / "train").is_dir() else []
+    self.root, self.split = base, split
+    train = base / "train"
+    classes = sorted(p.name for p in train.iterdir() if _visible(p) and p.is_dir()) if train.is_dir() else []
     folder = base / split
     if not folder.is_dir():
-      raise FileNotFoundError(
+      raise DatasetNotPrepared(
           f"no folder {folder}; expected {base}/<split>/<class>/*.JPEG (e.g. ImageNet's train/ and val/)"
       )
     if label_file:
       names = dict(line.split()[:2] for line in pathlib.Path(label_file).read_text().splitlines() if line.strip())
-      paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+      paths = _images_in(folder)
       missing = [p.name for p in paths if p.name not in names]
       if missing:
-        raise ValueError(f"{len(missing)} images of {folder} are not in {label_file}, e.g. {missing[0]}")
+        raise DataError(f"{len(missing)} images of {folder} are not in {label_file}, e.g. {missing[0]}")
+      self._check_known(classes, {names[p.name] for p in paths}, label_file)
       labels = [classes.index(names[p.name]) for p in paths]
     else:
-      classes = classes or sorted(p.name for p in folder.iterdir() if p.is_dir())
-      paths, labels = [], []
+      folders = sorted(p.name for p in folder.iterdir() if _visible(p) and p.is_dir())
+      if classes:
+        self._check_known(classes, set(folders), folder)
+      classes = classes or folders
+      paths, labels, empty = [], [], []
       for index, name in enumerate(classes):
-        found = sorted(p for p in (folder / name).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        found = _images_in(folder / name) if (folder / name).is_dir() else []
+        empty += [] if found else [name]
         paths += found
         labels += [index] * len(found)
+      if empty and split == "train":
+        logging.warning("%d class folder(s) of %s hold no images and keep their label index: %s%s", len(empty),
+                        folder, ", ".join(empty[:5]), ", ..." if len(empty) > 5 else "")
     if not paths:
-      raise FileNotFoundError(f"no images in {folder}")
+      raise DatasetNotPrepared(f"no images in {folder}")
+    ids = [p.relative_to(base).as_posix() for p in paths]
+    kept = [i for i, name in enumerate(ids) if name not in exclude]
+    self.excluded = {name for name in ids if name in exclude}
     self.classes = classes
     self.num_classes = len(classes)
-    self.paths = np.array([str(p) for p in paths])
-    self.labels = np.array(labels, np.int32)
+    self.paths = np.array([str(paths[i]) for i in kept])
+    self.ids = [ids[i] for i in kept]
+    self.labels = np.array([labels[i] for i in kept], np.int32)
+
+  @staticmethod
+  def _check_known(classes: list[str], used: set[str], where) -> None:
+    unknown = sorted(used - set(classes))
+    if unknown:
+      raise DataError(f"{len(unknown)} class(es) of {where} are not class folders of train/, e.g. {unknown[0]}; "
+                      f"the labels would not match. Fix the folder names (or the label file)")
 
   def __len__(self) -> int:
     return len(self.labels)
+
+  def describe(self, index: int) -> str:
+    """The example as a user finds it (a path) and its id for data.exclude_file."""
+    return self.paths[index]
+
+  def example_id(self, index: int) -> str:
+    return self.ids[index]
 
   def reader(self) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
     paths, labels = tf.constant(self.paths), tf.constant(self.labels)
@@ -78,7 +134,7 @@ class TfdsSource:
   Records are read by a Python callback (~0.1 ms each, 3% of an image's augmentation time).
   """
 
-  def __init__(self, name: str, split: str, data_dir: str | None = None):
+  def __init__(self, name: str, split: str, data_dir: str | None = None, *, exclude: set[str] = frozenset()):
     import tensorflow_datasets as tfds
 
     builder = tfds_builder(name, data_dir)
@@ -90,17 +146,31 @@ class TfdsSource:
       )
     splits = list(builder.info.splits)
     if split.split("[")[0] not in splits:
-      raise ValueError(f"{name!r} has splits {', '.join(splits)}; got {split!r}")
+      raise ConfigError(f"{name!r} has splits {', '.join(splits)}; got {split!r}")
     self.image_key, self.label_key = builder.info.supervised_keys
     self.classes = builder.info.features[self.label_key].names
     self.num_classes = len(self.classes)
+    self.name, self.split = name, split
     self.records = builder.as_data_source(split=split, decoders={self.image_key: tfds.decode.SkipDecoding()})
+    ids = [f"{split}[{i}]" for i in range(len(self.records))]
+    self.excluded = {i for i in ids if i in exclude}
+    # Positions to record indices, without the excluded records.
+    self.indices = np.array([i for i, name in enumerate(ids) if name not in exclude], np.int64)
 
   def __len__(self) -> int:
-    return len(self.records)
+    return len(self.indices)
+
+  def example_id(self, index: int) -> str:
+    return f"{self.split}[{self.indices[index]}]"
+
+  def describe(self, index: int) -> str:
+    record = self.records[int(self.indices[index])]
+    file_name = record.get("file_name", b"")
+    file_name = file_name.decode() if isinstance(file_name, bytes) else str(file_name)
+    return f"record {self.example_id(index)} of tfds {self.name}" + (f" ({file_name})" if file_name else "")
 
   def read(self, index: int) -> tuple[bytes, np.int32]:
-    record = self.records[int(index)]
+    record = self.records[int(self.indices[index])]
     return record[self.image_key], np.int32(record[self.label_key])
 
   def reader(self) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
@@ -123,30 +193,70 @@ def train_stream(
 ) -> Iterator[dict[str, np.ndarray]]:
   """This process's slices of the global training batches, from `step` on, endlessly.
 
-  `augment(image_bytes, seed)` returns one float32 image; every epoch drops its remainder.
+  `augment(image_bytes, seed)` returns one float32 image; every epoch drops its remainder. An image
+  that cannot be decoded ends the stream with a DataError naming it.
   """
   n = len(source)
   steps_per_epoch = n // global_batch
   if steps_per_epoch == 0:
-    raise ValueError(f"batch of {global_batch} is larger than the {n} training examples")
+    raise ConfigError(f"batch of {global_batch} is larger than the {n} training examples")
   share = process_slice(global_batch, process_index, process_count)
   first, local = share.start, share.stop - share.start
   read = source.reader()
 
-  def example(position):
+  def index_and_seed(position):
     s, j = position // local, position % local + first
     epoch = s // steps_per_epoch
     within = (s % steps_per_epoch) * global_batch + j
     index = tf.random.experimental.index_shuffle(
         within, tf.stack([tf.constant(seed, tf.int64), epoch]), n - 1
     )
+    return index, tf.stack([tf.constant(seed, tf.int64), s * global_batch + j])
+
+  def example(position):
+    index, example_seed = index_and_seed(position)
     image_bytes, label = read(index)
-    image = augment(image_bytes, tf.stack([tf.constant(seed, tf.int64), s * global_batch + j]))
-    return {"image": image, "label": label}
+    return {"image": augment(image_bytes, example_seed), "label": label}
+
+  def batch_examples(batch_number):  # (index, seed) of a batch's examples, to find a bad one
+    positions = range((step + batch_number) * local, (step + batch_number + 1) * local)
+    return [index_and_seed(tf.constant(position, tf.int64)) for position in positions]
 
   dataset = tf.data.Dataset.range(step * local, np.iinfo(np.int64).max)
   dataset = dataset.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return iter(tf.data.Dataset.batch(dataset, local, drop_remainder=True).prefetch(prefetch).as_numpy_iterator())
+  batches = tf.data.Dataset.batch(dataset, local, drop_remainder=True).prefetch(prefetch).as_numpy_iterator()
+  return _naming_bad_examples(batches, source, lambda index, s: augment(read(index)[0], s), batch_examples)
+
+
+def _naming_bad_examples(batches, source, load: Callable, batch_examples: Callable[[int], list]) -> Iterator[dict]:
+  """Passes the batches on; when tf.data fails on one (an image that does not decode), loads that
+  batch's examples one by one to name the bad one(s) in a DataError."""
+  for number in itertools.count():
+    try:
+      batch = next(batches)
+    except StopIteration:
+      return
+    except tf.errors.OpError as error:
+      raise bad_examples_error(source, batch_examples(number), load, error) from None
+    yield batch
+
+
+def bad_examples_error(source, candidates: list[tuple], load: Callable, error: Exception) -> DataError:
+  """A DataError naming which of `candidates` ((index, ...) argument tuples of `load`) fail to load."""
+  bad = []
+  for arguments in candidates:
+    try:
+      load(*arguments)
+    except tf.errors.OpError as failure:
+      bad.append((int(arguments[0]), failure.message.splitlines()[0]))
+  if not bad:
+    return DataError(f"the {source.split} split failed to load a batch, but no single image of it fails alone: "
+                     f"{str(error).splitlines()[0]}")
+  named = "; ".join(f"{source.describe(index)} ({reason})" for index, reason in dict(bad).items())
+  ids = ", ".join(sorted({source.example_id(index) for index, _ in bad}))
+  return DataError(
+      f"cannot decode {named}, in the {source.split} split. Exclude it by listing its id ({ids}) in a file "
+      f"passed as --config.data.exclude_file=FILE; python -m resnet_jax.data.scan finds every bad file of a set")
 
 
 def eval_stream(
@@ -163,10 +273,12 @@ def eval_stream(
   (V, H, W, C), e.g. 1 center crop or 10 crops, or a tuple of such (one per scale).
 
   `groups` (an int per example, e.g. from `shape_groups`) puts examples whose views differ in
-  shape in separate batches.
+  shape in separate batches. An image that cannot be decoded ends the stream with a DataError
+  naming it.
   """
   share = process_slice(global_batch, process_index, process_count)
   indices, mask = _eval_plan(np.zeros(len(source), np.int64) if groups is None else groups, global_batch)
+  local = share.stop - share.start
   indices, mask = indices[:, share].ravel(), mask[:, share].ravel()
   read = source.reader()
 
@@ -176,7 +288,9 @@ def eval_stream(
 
   dataset = tf.data.Dataset.from_tensor_slices((indices, mask))
   dataset = dataset.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return iter(dataset.batch(share.stop - share.start).prefetch(2).as_numpy_iterator())
+  batches = dataset.batch(local).prefetch(2).as_numpy_iterator()
+  return _naming_bad_examples(batches, source, lambda index: views(read(index)[0]),
+                              lambda number: [(i,) for i in indices[number * local:(number + 1) * local]])
 
 
 def _eval_plan(groups: np.ndarray, global_batch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -213,4 +327,4 @@ def views_function(kind: str, resize: int, crop: int, scales: tuple[int, ...] = 
     return lambda image_bytes: augment.ten_crop_views(image_bytes, resize=resize, crop=crop)
   if kind == "multiscale":
     return lambda image_bytes: augment.multiscale_views(image_bytes, scales=tuple(scales))
-  raise ValueError(f"unknown eval view {kind!r}; valid: center, 10crop, multiscale")
+  raise ConfigError(f"unknown eval view {kind!r}; valid: center, 10crop, multiscale")

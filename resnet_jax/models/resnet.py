@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from resnet_jax.errors import ConfigError
 from resnet_jax.models.blocks import (
     SHORTCUT_OPTIONS,
     Layers,
@@ -71,39 +72,39 @@ class ModelConfig:
 
   def __post_init__(self):
     if self.dataset not in DATASETS:
-      raise ValueError(f"unknown dataset family {self.dataset!r}; valid: {_listing(DATASETS)}")
+      raise ConfigError(f"unknown dataset family {self.dataset!r}; valid: {_listing(DATASETS)}")
     if self.dataset == "imagenet" and self.depth not in IMAGENET_STAGES:
-      raise ValueError(
+      raise ConfigError(
           f"there is no ImageNet ResNet of depth {self.depth!r}; valid depths: "
           f"{_listing(IMAGENET_STAGES)} (Table 1)"
       )
     if self.dataset == "cifar" and not (
         isinstance(self.depth, int) and self.depth >= 8 and (self.depth - 2) % 6 == 0
     ):
-      raise ValueError(
+      raise ConfigError(
           f"a CIFAR ResNet has depth 6n+2 with n >= 1 (the paper's: {_listing(CIFAR_PAPER_DEPTHS)});"
           f" {self.depth!r} is not of that form"
       )
     if self.shortcut is None:
       object.__setattr__(self, "shortcut", "B" if self.dataset == "imagenet" else "A")
     if self.shortcut not in SHORTCUT_OPTIONS:
-      raise ValueError(f"unknown shortcut option {self.shortcut!r}; valid: {_listing(SHORTCUT_OPTIONS)}")
+      raise ConfigError(f"unknown shortcut option {self.shortcut!r}; valid: {_listing(SHORTCUT_OPTIONS)}")
     if self.variant not in VARIANTS:
-      raise ValueError(f"unknown variant {self.variant!r}; valid: {_listing(VARIANTS)}")
+      raise ConfigError(f"unknown variant {self.variant!r}; valid: {_listing(VARIANTS)}")
     if self.dtype not in DTYPES:
-      raise ValueError(f"unknown dtype {self.dtype!r}; valid: {_listing(DTYPES)}")
+      raise ConfigError(f"unknown dtype {self.dtype!r}; valid: {_listing(DTYPES)}")
     if self.num_classes is None:
       object.__setattr__(self, "num_classes", 1000 if self.dataset == "imagenet" else 10)
     for name in ("num_classes", "input_channels"):
       value = getattr(self, name)
       if not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        raise ConfigError(f"{name} must be a positive integer; got {value!r}")
     if not 0.0 <= self.bn_momentum < 1.0:
-      raise ValueError(f"bn_momentum must be in [0, 1); got {self.bn_momentum!r}")
+      raise ConfigError(f"bn_momentum must be in [0, 1); got {self.bn_momentum!r}")
     if not self.bn_epsilon > 0.0:
-      raise ValueError(f"bn_epsilon must be positive; got {self.bn_epsilon!r}")
+      raise ConfigError(f"bn_epsilon must be positive; got {self.bn_epsilon!r}")
     if not isinstance(self.bn_group_size, int) or self.bn_group_size < 0:
-      raise ValueError(
+      raise ConfigError(
           f"bn_group_size must be 0 (whole batch) or a positive group size; got {self.bn_group_size!r}"
       )
 
@@ -114,7 +115,7 @@ class ModelConfig:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(fields) - known)
     if unknown:
-      raise ValueError(f"unknown model option(s) {unknown}; valid: {_listing(sorted(known))}")
+      raise ConfigError(f"unknown model option(s) {unknown}; valid: {_listing(sorted(known))}")
     return cls(**fields)
 
   @property

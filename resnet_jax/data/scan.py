@@ -1,0 +1,91 @@
+"""Finds every image of a streamed data set that cannot be decoded, once, before a long run:
+
+  python -m resnet_jax.data.scan --config=configs/imagenet.py --config.data.data_dir=/data/imagenet \
+      --output=bad_images.txt
+
+Decodes every image of the config's train and eval splits in parallel (tf.data over all cores),
+printing progress and an ETA, and writes the ids of those that fail, one a line under a comment
+giving the reason: the file to pass as --config.data.exclude_file. Odd but valid files (CMYK or
+grayscale JPEGs, a PNG named .JPEG) decode and are not listed.
+"""
+
+import pathlib
+import time
+from collections.abc import Callable
+
+import numpy as np
+import tensorflow as tf
+from absl import flags
+from ml_collections import config_flags
+
+from resnet_jax import cli
+from resnet_jax.data import augment
+from resnet_jax.data.inputs import stream_sources
+from resnet_jax.errors import ConfigError
+
+
+def find_bad_images(source, progress: Callable[[int, int], None] = lambda done, total: None) -> list[tuple[int, str]]:
+  """(index, reason) of every example of `source` whose image does not decode."""
+  read = source.reader()
+
+  def decoded_shape(index):  # the shape is returned so that the decode is not pruned away
+    return index, tf.shape(augment.decode(read(index)[0]))
+
+  scan = tf.data.Dataset.range(len(source)).map(decoded_shape, num_parallel_calls=tf.data.AUTOTUNE)
+  good = np.zeros(len(source), bool)
+  for done, (index, _) in enumerate(scan.ignore_errors().as_numpy_iterator(), start=1):
+    good[index] = True
+    progress(done, len(source))
+  bad = []
+  for index in np.flatnonzero(~good):
+    try:
+      augment.decode(read(tf.constant(index, tf.int64))[0])
+      reason = "failed in the parallel scan only"
+    except tf.errors.OpError as error:
+      reason = error.message.splitlines()[0]
+    bad.append((int(index), reason))
+  return bad
+
+
+class Progress:
+  """A line every `every` seconds: images done, rate and time left."""
+
+  def __init__(self, split: str, every: float = 10.0):
+    self.split, self.every = split, every
+    self.start = self.last = time.monotonic()
+
+  def __call__(self, done: int, total: int) -> None:
+    now = time.monotonic()
+    if now - self.last >= self.every or done == total:
+      self.last = now
+      rate = done / max(now - self.start, 1e-9)
+      print(f"  {self.split}: {done:,} / {total:,} images ({rate:,.0f}/s, {(total - done) / rate / 60:.1f} min left)",
+            flush=True)
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  FLAGS = flags.FLAGS
+  config = FLAGS.config
+  if config.data.source not in ("folder", "tfds"):
+    raise ConfigError(f"data.source={config.data.source!r} is held in memory, decoded already; the scan is for "
+                      f"streamed sets (folder or tfds)")
+  lines, total, bad_count = [], 0, 0
+  for source in stream_sources(config):
+    print(f"scanning the {source.split} split: {len(source):,} images", flush=True)
+    bad = find_bad_images(source, Progress(source.split))
+    total, bad_count = total + len(source), bad_count + len(bad)
+    for index, reason in bad:
+      print(f"  bad: {source.describe(index)}: {reason}")
+      lines += [f"# {source.describe(index)}: {reason}", source.example_id(index)]
+  output = pathlib.Path(FLAGS.output)
+  output.write_text("".join(f"{line}\n" for line in lines))
+  print(f"{bad_count} of {total:,} images cannot be decoded; wrote their ids to {output}. Train and evaluate "
+        f"with --config.data.exclude_file={output}")
+
+
+if __name__ == "__main__":
+  config_flags.DEFINE_config_file("config", None, "the run's config file[:arguments]", lock_config=True)
+  flags.DEFINE_string("output", "bad_images.txt", "where the ids of the bad images go")
+  flags.mark_flags_as_required(["config"])
+  cli.run(main)
