@@ -152,9 +152,9 @@ def main(argv: list[str]) -> None:
   distributed.initialize()
   experiment = setup(config)
   if FLAGS.checkpoint:
-    step, scored = _weights_from_directory(experiment, FLAGS.checkpoint)
+    step, scored = weights_from_directory(experiment, FLAGS.checkpoint)
   else:
-    step, scored = _weights_from_run(experiment, workdir, FLAGS.step)
+    step, scored = weights_from_run(experiment, workdir, FLAGS.step)
   for weights, params, batch_stats in scored:
     results = evaluate(experiment, params, batch_stats)
     path = write_record(workdir, step, config, results, weights, checkpoint=FLAGS.checkpoint)
@@ -169,7 +169,9 @@ def run_of_checkpoint(directory: str) -> str | None:
   return str(path.parent.parent) if path.parent.name == "checkpoints" and path.name.isdigit() else None
 
 
-def _weights_from_run(experiment: Any, workdir: str, step: int | None) -> tuple[int, list]:
+def weights_from_run(experiment: Any, workdir: str, step: int | None) -> tuple[int, list]:
+  """(step, [(name, params, batch_stats)]) of a run's checkpoint `step` (default: the newest
+  readable): the live weights, and the EMA's when the run keeps one."""
   from resnet_jax.checkpoint import Checkpoints
 
   if not (pathlib.Path(workdir) / "checkpoints").is_dir():
@@ -189,7 +191,7 @@ def _weights_from_run(experiment: Any, workdir: str, step: int | None) -> tuple[
   return step, scored
 
 
-def _weights_from_directory(experiment: Any, directory: str) -> tuple[int, list]:
+def weights_from_directory(experiment: Any, directory: str) -> tuple[int, list]:
   """A run's checkpoints/STEP directory (its step is the name) or a converted one (step 0)."""
   from resnet_jax.checkpoint import restore_weights
 

@@ -1,13 +1,16 @@
 """Bad data gets a clear error naming the file, never a silent mislabel: folder layouts, images that
-do not decode, the scan command and data.exclude_file, in this process."""
+do not decode, the scan command and data.exclude_file (in this process but for the scan command)."""
 
 import io
 import logging
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
+from runs import ROOT
 
 from conftest import load_config
 from resnet_jax.data import stream
@@ -114,3 +117,15 @@ def test_the_scan_lists_exactly_the_bad_files_and_excluding_them_trains_and_eval
   for _ in range(6):  # more than two epochs
     next(batches)
   assert sum(int(b["mask"].sum()) for b in inputs.eval_batches()) == 3
+
+
+def test_the_scan_command_writes_the_exclude_file_with_progress(image_folder):
+  (image_folder / "train" / "b" / "1.JPEG").write_bytes(b"GIF89a broken")
+  output = image_folder / "bad.txt"
+  result = subprocess.run([sys.executable, "-m", "resnet_jax.data.scan", "--config=configs/imagenet.py:depth=18",
+                           f"--config.data.data_dir={image_folder}", "--config.data.eval_split=val",
+                           f"--output={output}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "train: 11 / 11 images" in result.stdout and "val: 4 / 4 images" in result.stdout
+  assert f"1 of 15 images cannot be decoded; wrote their ids to {output}" in result.stdout
+  assert stream.read_exclusions(str(output)) == {"train/b/1.JPEG"}

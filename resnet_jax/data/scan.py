@@ -35,7 +35,9 @@ def find_bad_images(source, progress: Callable[[int, int], None] = lambda done, 
   good = np.zeros(len(source), bool)
   for done, (index, _) in enumerate(scan.ignore_errors().as_numpy_iterator(), start=1):
     good[index] = True
-    progress(done, len(source))
+    if done < len(source):
+      progress(done, len(source))
+  progress(len(source), len(source))  # every image was tried, the bad ones too
   bad = []
   for index in np.flatnonzero(~good):
     try:
