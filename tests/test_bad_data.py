@@ -129,3 +129,12 @@ def test_the_scan_command_writes_the_exclude_file_with_progress(image_folder):
   assert "train: 11 / 11 images" in result.stdout and "val: 4 / 4 images" in result.stdout
   assert f"1 of 15 images cannot be decoded; wrote their ids to {output}" in result.stdout
   assert stream.read_exclusions(str(output)) == {"train/b/1.JPEG"}
+
+
+def test_tfds_records_are_excluded_by_split_and_index(fake_imagenet):
+  whole = stream.TfdsSource("imagenet2012", "train", str(fake_imagenet / "tfds"))
+  kept = stream.TfdsSource("imagenet2012", "train", str(fake_imagenet / "tfds"), exclude={"train[0]", "train[5]"})
+  assert len(kept) == len(whole) - 2 and kept.excluded == {"train[0]", "train[5]"}
+  assert [kept.example_id(i) for i in range(len(kept))] == [f"train[{i}]" for i in range(len(whole)) if i not in (0, 5)]
+  assert kept.read(0)[0] == whole.read(1)[0]  # position 0 now reads record 1
+  assert kept.describe(0).startswith("record train[1] of tfds imagenet2012 (") and ".JPEG)" in kept.describe(0)
