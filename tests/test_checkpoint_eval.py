@@ -179,6 +179,7 @@ def test_config_errors_are_clear_and_come_before_compiling(monkeypatch):
       ("model.depth", 9, "6n\\+2"),
       ("model.input_channels", 3, "1 channel"),
       ("model.bn_group_size", 48, "BN groups"),
+      ("model.dtype", "float16", "'float16' is refused: without loss scaling.*Use 'bfloat16'"),
       ("model.num_classes", 5, "the data has 10 classes but model.num_classes=5"),
       ("data.eval_view", "10crop", "eval_view='10crop' needs a streamed ImageNet-style source"),
       ("data.exclude_file", "bad.txt", "data.exclude_file applies to streamed data sets"),
