@@ -236,8 +236,7 @@ def nonfinite_counts(tree: Any) -> dict[str, int]:
 def _check_structure(step: int, saved: Any, abstract_state: Any) -> None:
   """A ConfigError naming what differs when the checkpoint holds another network's state."""
   saved_shapes, wanted = _shapes(saved), _shapes(abstract_state)
-  problems = [f"{name}: saved {saved_shapes.get(name, 'nothing')}, the config has {shape}"
-              for name, shape in wanted.items() if saved_shapes.get(name) != shape]
+  problems = _differences(saved_shapes, wanted, "the config")
   problems += [f"{name}: saved {shape}, the config has nothing" for name, shape in saved_shapes.items()
                if name not in wanted]
   if problems:
@@ -262,8 +261,7 @@ def restore_weights(directory: str | pathlib.Path, abstract_weights: dict) -> di
     raise CheckpointError(f"checkpoint {directory} is damaged: {error}") from None
   saved = _shapes(_saved_tree(path), parts=tuple(abstract_weights))
   wanted = _shapes(abstract_weights)
-  mismatched = [f"{name}: saved {saved.get(name, 'nothing')}, the network has {shape}"
-                for name, shape in wanted.items() if saved.get(name) != shape]
+  mismatched = _differences(saved, wanted, "the network")
   if mismatched:
     raise ConfigError(
         f"the weights in {directory} do not fit the config's network (check depth, variant, shortcut "
@@ -271,6 +269,12 @@ def restore_weights(directory: str | pathlib.Path, abstract_weights: dict) -> di
   restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_weights)
   return ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
       item=abstract_weights, restore_args=restore_args, partial_restore=True))
+
+
+def _differences(saved: dict[str, tuple], wanted: dict[str, tuple], holder: str) -> list[str]:
+  """'path: saved S, HOLDER has W' for every wanted array the saved shapes lack or disagree with."""
+  return [f"{name}: saved {saved.get(name, 'nothing')}, {holder} has {shape}"
+          for name, shape in wanted.items() if saved.get(name) != shape]
 
 
 def _saved_tree(item_directory: pathlib.Path) -> Any:

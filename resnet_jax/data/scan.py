@@ -21,6 +21,7 @@ from ml_collections import config_flags
 from resnet_jax import cli
 from resnet_jax.data import augment
 from resnet_jax.data.inputs import stream_sources
+from resnet_jax.data.stream import load_failure
 from resnet_jax.errors import ConfigError
 
 
@@ -38,15 +39,9 @@ def find_bad_images(source, progress: Callable[[int, int], None] = lambda done, 
     if done < len(source):
       progress(done, len(source))
   progress(len(source), len(source))  # every image was tried, the bad ones too
-  bad = []
-  for index in np.flatnonzero(~good):
-    try:
-      augment.decode(read(tf.constant(index, tf.int64))[0])
-      reason = "failed in the parallel scan only"
-    except tf.errors.OpError as error:
-      reason = error.message.splitlines()[0]
-    bad.append((int(index), reason))
-  return bad
+  decode = lambda index: augment.decode(read(tf.constant(index, tf.int64))[0])
+  return [(int(index), load_failure(decode, index) or "failed in the parallel scan only")
+          for index in np.flatnonzero(~good)]
 
 
 class Progress:

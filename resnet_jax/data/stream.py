@@ -241,14 +241,18 @@ def _naming_bad_examples(batches, source, load: Callable, batch_examples: Callab
     yield batch
 
 
+def load_failure(load: Callable, *arguments) -> str | None:
+  """The first line of TensorFlow's error when `load(*arguments)` (eagerly) fails; None when it works."""
+  try:
+    load(*arguments)
+  except tf.errors.OpError as failure:
+    return failure.message.splitlines()[0]
+  return None
+
+
 def bad_examples_error(source, candidates: list[tuple], load: Callable, error: Exception) -> DataError:
   """A DataError naming which of `candidates` ((index, ...) argument tuples of `load`) fail to load."""
-  bad = []
-  for arguments in candidates:
-    try:
-      load(*arguments)
-    except tf.errors.OpError as failure:
-      bad.append((int(arguments[0]), failure.message.splitlines()[0]))
+  bad = [(int(arguments[0]), reason) for arguments in candidates if (reason := load_failure(load, *arguments))]
   if not bad:
     return DataError(f"the {source.split} split failed to load a batch, but no single image of it fails alone: "
                      f"{str(error).splitlines()[0]}")
