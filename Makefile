@@ -1,35 +1,64 @@
-# Each target builds what it needs: a fresh machine with only Python 3.11 runs `make demo` or `make test`.
-PYTHON ?= python3
-VENV := .venv
+# Each target builds what it needs: a fresh machine with only python3 runs `make demo` or `make test`.
+# Python: the newest >= 3.12 on PATH or under pyenv (jax 0.12), else python3 (on 3.11 the lock gives
+# jax 0.10.2 with its CPU work-around); PYTHON=/path/to/python overrides. Shims that cannot run are skipped.
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(shell for v in 3.15 3.14 3.13 3.12; do \
+  for p in "$$(command -v python$$v)" "$$(pyenv prefix $$v 2>/dev/null)/bin/python$$v"; do \
+    [ -x "$$p" ] && "$$p" -c '' 2>/dev/null && { echo "$$p"; exit 0; }; \
+  done; done; echo python3)
+endif
+PYTHON_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+ifneq ($(shell $(PYTHON) -c 'import sys; print(sys.version_info >= (3, 11))'),True)
+$(error $(PYTHON) is Python $(PYTHON_VERSION); resnet_jax needs 3.11 or newer (3.12+ for current jax): install one, e.g. `uv python install 3.12`, and run with PYTHON=/path/to/python3.12)
+endif
+VENV ?= .venv
 PY := $(VENV)/bin/python
+# Accelerator support through JAX's extras: EXTRAS=cuda12, cuda13 or tpu (make venv EXTRAS=cuda13).
+EXTRAS ?=
+# The stamp names the Python and the extras, so changing either rebuilds the venv.
+STAMP := $(VENV)/.installed-$(PYTHON_VERSION)$(EXTRAS:%=-%)
 UV_VERSION := 0.13.9
 # Two workers fit the 2-core CI machine; set PYTEST_WORKERS=auto on a bigger one.
 PYTEST_WORKERS ?= 2
+# The first line of every target: which interpreter and stack this run uses.
+SAY_STACK = @$(PY) -c 'import sys, importlib.metadata as m; print(f"Python {sys.version.split()[0]} ({sys.executable}),", ", ".join(f"{p} {m.version(p)}" for p in ("jax", "jaxlib", "flax")))'
 
-.PHONY: demo test summary lock clean
+.PHONY: venv demo test smoke lock clean
 
-# The venv is rebuilt only when the lock or the project metadata changes. uv installs this stack in
-# ~10 s where pip takes ~67 s; pip alone still works with the same lock file.
-$(VENV)/.installed: requirements.lock pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+venv: $(STAMP)
+
+# The venv is rebuilt only when the lock, the project metadata or the Python changes. uv installs this
+# stack in ~10 s where pip takes ~67 s; pip alone still works with the same lock file.
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv --clear $(VENV)
 	$(PY) -m pip install -q uv==$(UV_VERSION)
 	$(VENV)/bin/uv pip install -q --python $(PY) -r requirements.lock
-	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
+	$(VENV)/bin/uv pip install -q --python $(PY) -c requirements.lock -e '.$(EXTRAS:%=[%])'
 	touch $@
 
 # Trains ResNet-20 on the bundled MNIST digits and draws its error curves; rerunning resumes
 # (DEMO_DIR= to start elsewhere).
 DEMO_DIR ?= runs/demo
-demo: $(VENV)/.installed
+demo: $(STAMP)
+	$(SAY_STACK)
 	$(PY) -m resnet_jax.models.summary --dataset cifar --depth 20 --input-channels 1
 	$(PY) -m resnet_jax.main --config=configs/mnist_demo.py --workdir=$(DEMO_DIR)
 	$(PY) -m resnet_jax.plot $(DEMO_DIR) --output=$(DEMO_DIR)/curves.png --title="ResNet-20 on 5,000 MNIST digits"
 
-test: $(VENV)/.installed
+test: $(STAMP)
+	$(SAY_STACK)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) tests
 
-# Regenerate the lock after changing dependencies in pyproject.toml.
-lock: $(VENV)/.installed
+# A few minutes' check of a second stack (CI runs it on Python 3.11): the CPU reproducers, the
+# paper's counts, and the demo trained and evaluated for 20 steps.
+smoke: $(STAMP)
+	$(SAY_STACK)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) tests/test_cpu_workaround.py tests/test_models.py -k "workaround or parameters or multiply_adds"
+	rm -rf $(VENV)/smoke-run
+	$(PY) -m resnet_jax.main --config=configs/mnist_demo.py:steps=20 --workdir=$(VENV)/smoke-run
+
+# Regenerate the lock after changing dependencies in pyproject.toml: one file for Python 3.11 and 3.12+.
+lock: $(STAMP)
 	$(VENV)/bin/uv pip compile pyproject.toml --extra test --extra demo --universal --python-version 3.11 -o requirements.lock
 
 clean:

@@ -52,11 +52,11 @@ def main() -> None:
     make_folder(root, args.images)
     source = stream.FolderSource(str(root), "train")
     size_kb = np.mean([pathlib.Path(p).stat().st_size for p in source.paths]) / 1024
-    baseline = lambda b, s: tf.image.resize_with_crop_or_pad(
-        augment.resize_shorter_side(augment.decode(b), 256), 224, 224)
+    baseline = lambda b, s: {"image": augment.quantize(tf.image.resize_with_crop_or_pad(
+        augment.resize_shorter_side(augment.decode(b), 256), 224, 224))}
     train = lambda function: stream.train_stream(source, args.batch, function, seed=0)
     # Eval views ride the endless train stream (same reading, no per-pass rebuild of the dataset).
-    evaluate = lambda views: train(lambda b, s: views(b))
+    evaluate = lambda views: train(lambda b, s: {"image": augment.quantize(views(b))})
     pipelines = {
         "baseline: decode, resize 256, center 224": (train, baseline),
         "train: paper (scale 256-480, crop, flip, PCA)": (train, functools.partial(augment.paper_train, antialias=False)),

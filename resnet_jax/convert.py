@@ -143,7 +143,8 @@ def main(argv: list[str]) -> None:
         f"--checkpoint={output} --config.data.data_dir=/path/to/imagenet")
 
 
-if __name__ == "__main__":
+def command() -> None:
+  """The `resnet-jax-convert` console script (also `python -m resnet_jax.convert`)."""
   from absl import app, flags
 
   flags.DEFINE_enum("arch", None, list(ARCHS), "torchvision architecture")
@@ -151,3 +152,7 @@ if __name__ == "__main__":
   flags.DEFINE_string("output", None, "directory for the converted checkpoint")
   flags.mark_flags_as_required(["arch", "input", "output"])
   app.run(main)
+
+
+if __name__ == "__main__":
+  command()

@@ -15,6 +15,7 @@ import pathlib
 import platform
 import shlex
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -33,18 +34,20 @@ def correct_top_k(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
   return jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1).astype(jnp.float32)
 
 
-def eval_step(params: Any, batch_stats: Any, batch: dict, *, graphdef: nnx.GraphDef) -> dict:
+def eval_step(params: Any, batch_stats: Any, batch: dict, *, graphdef: nnx.GraphDef,
+              normalize: Callable[[jax.Array], jax.Array]) -> dict:
   """Sums over the real (mask = 1) examples of one global batch.
 
-  Images are (batch, views, H, W, C), or a tuple of such with one size each (the scales of
-  Table 4's multi-scale testing); an example's score is its softmax averaged over all its views
-  (1 center crop, the 10 crops of Table 3, or the whole image and its mirror at every scale).
+  Images are uint8 (batch, views, H, W, C), or a tuple of such with one size each (the scales of
+  Table 4's multi-scale testing), normalised here; an example's score is its softmax averaged over
+  all its views (1 center crop, the 10 crops of Table 3, or the whole image and its mirror at every
+  scale).
   """
   model = nnx.merge(graphdef, params, batch_stats)
   groups = batch["image"] if isinstance(batch["image"], tuple) else (batch["image"],)
   scores = []
   for images in groups:
-    probabilities = jax.nn.softmax(model(images.reshape(-1, *images.shape[2:])))
+    probabilities = jax.nn.softmax(model(normalize(images.reshape(-1, *images.shape[2:]))))
     scores.append(probabilities.reshape(*images.shape[:2], -1))
   scores = jnp.concatenate(scores, axis=1).mean(axis=1)
   mask, labels = batch["mask"], batch["label"]
@@ -57,19 +60,19 @@ def eval_step(params: Any, batch_stats: Any, batch: dict, *, graphdef: nnx.Graph
   }
 
 
-# One jitted function for the whole process: with the (hashable) graphdef static, every periodic
-# evaluation of a run reuses the first one's compilation.
-_compiled_eval_step = jax.jit(eval_step, static_argnames="graphdef")
+# One jitted function for the whole process: with the (hashable) graphdef and normaliser static,
+# every periodic evaluation of a run reuses the first one's compilation.
+_compiled_eval_step = jax.jit(eval_step, static_argnames=("graphdef", "normalize"))
 
 
 def evaluate(experiment: Any, params: Any, batch_stats: Any) -> dict[str, float]:
   """Scores the whole eval split; returns accuracies, errors (in %) and the count scored."""
-  step = functools.partial(_compiled_eval_step, graphdef=experiment.eval_graphdef)
-  batches = experiment.data.eval_batches()
+  step = functools.partial(_compiled_eval_step, graphdef=experiment.eval_graphdef,
+                           normalize=experiment.data.normalize)
   totals = {"count": 0.0, "loss": 0.0, "top1": 0.0, "top5": 0.0}
   pending = []
-  for batch in batches:
-    pending.append(step(params, batch_stats, sharding.global_batch(batch, experiment.mesh)))
+  for batch in sharding.prefetch_to_devices(experiment.data.eval_batches(), experiment.mesh):
+    pending.append(step(params, batch_stats, batch))
     if len(pending) >= SYNC_EVERY:
       _accumulate(totals, fetch(pending))
       pending = []
@@ -201,7 +204,8 @@ def weights_from_directory(experiment: Any, directory: str) -> tuple[int, list]:
   return (int(name) if name.isdigit() else 0), [("live", weights["params"], weights["batch_stats"])]
 
 
-if __name__ == "__main__":
+def command() -> None:
+  """The `resnet-jax-evaluate` console script (also `python -m resnet_jax.evaluate`)."""
   from absl import flags
   from ml_collections import config_flags
 
@@ -218,3 +222,7 @@ if __name__ == "__main__":
                     "Table 4's fully-convolutional multi-scale")
   flags.mark_flags_as_required(["config"])
   cli.run(main)
+
+
+if __name__ == "__main__":
+  command()

@@ -57,5 +57,10 @@ def _stop_after_lost_process(error: Exception) -> None:
   os._exit(1)
 
 
-if __name__ == "__main__":
+def command() -> None:
+  """The `resnet-jax-train` console script (also `python -m resnet_jax.main`)."""
   cli.run(main)
+
+
+if __name__ == "__main__":
+  command()

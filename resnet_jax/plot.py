@@ -101,8 +101,13 @@ def main(argv: list[str]) -> None:
   print(f"wrote {FLAGS.output} ({len(curves)} runs: {', '.join(c.label for c in curves)})")
 
 
-if __name__ == "__main__":
+def command() -> None:
+  """The `resnet-jax-plot` console script (also `python -m resnet_jax.plot`)."""
   flags.DEFINE_string("output", None, "the PNG to write")
   flags.DEFINE_string("title", None, "a title over the figure")
   flags.DEFINE_float("ymax", None, "top of the error axis in % (the paper's Figure 6 shows 0-20)")
   app.run(main)
+
+
+if __name__ == "__main__":
+  command()

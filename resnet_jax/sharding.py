@@ -5,6 +5,9 @@ of a batch-sharded input are means over the global batch: cross-replica BN with 
 collective.
 """
 
+import collections
+import itertools
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -51,3 +54,12 @@ def global_batch(local_batch: dict[str, Any], mesh: Mesh) -> dict[str, Any]:
   scale) from this process's slice of it."""
   sharding = batch_sharded(mesh)
   return jax.tree.map(lambda value: jax.make_array_from_process_local_data(sharding, value), local_batch)
+
+
+def prefetch_to_devices(local_batches: Iterator[dict[str, Any]], mesh: Mesh, size: int = 2) -> Iterator[dict[str, Any]]:
+  """Global batches with `size` more already on their way to the devices: transfers are
+  asynchronous, so the next batch crosses while the current step computes."""
+  queue = collections.deque(global_batch(b, mesh) for b in itertools.islice(local_batches, size))
+  while queue:
+    yield queue.popleft()
+    queue.extend(global_batch(b, mesh) for b in itertools.islice(local_batches, 1))

@@ -120,7 +120,8 @@ def main(argv: list[str]) -> None:
     sys.exit(1)
 
 
-if __name__ == "__main__":
+def command() -> None:
+  """The `resnet-jax-sweep` console script (also `python -m resnet_jax.sweep`)."""
   flags.DEFINE_string("sweep", None, "a named sweep of --sweeps_file")
   flags.DEFINE_string("sweeps_file", "configs/sweeps.py", "where named sweeps are defined")
   flags.DEFINE_string("config", None, "config file, for a sweep given by --grid")
@@ -129,3 +130,7 @@ if __name__ == "__main__":
   flags.DEFINE_string("root", None, "directory holding one workdir per run")
   flags.DEFINE_bool("dry_run", False, "print each run's command and state; run nothing")
   app.run(main)
+
+
+if __name__ == "__main__":
+  command()

@@ -126,6 +126,11 @@ def main(argv: list[str]) -> None:
   print(table)
 
 
-if __name__ == "__main__":
+def command() -> None:
+  """The `resnet-jax-table` console script (also `python -m resnet_jax.table`)."""
   flags.DEFINE_string("readme", None, "rewrite this file's block between the results markers")
   app.run(main)
+
+
+if __name__ == "__main__":
+  command()

@@ -86,7 +86,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         "training %d steps (%d per epoch), from step %d, on %d device(s) of %s",
         total, experiment.steps_per_epoch, start, jax.device_count(), jax.default_backend(),
     )
-    batches = experiment.data.train(data_state["step"])
+    batches = sharding.prefetch_to_devices(experiment.data.train(data_state["step"]), experiment.mesh)
     step_fn = compile_train_step(experiment)
     eval_every = max(1, round(config.eval_every_epochs * experiment.steps_per_epoch)) if config.eval_every_epochs else 0
     hooks = []
@@ -96,7 +96,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=config.profile_steps))
     pending, window, results = [], [], None
     for done in range(start + 1, total + 1):
-      state, metrics = step_fn(state, sharding.global_batch(next(batches), experiment.mesh))
+      state, metrics = step_fn(state, next(batches))
       pending.append(metrics)
       for hook in hooks:
         hook(done)
@@ -117,10 +117,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         try:
           results = _evaluate_and_report(experiment, state, done, reporter)
         except Exception:
-          checkpoints.save(done, state, batches.state())  # the training done is kept, unscored
+          checkpoints.save(done, state, {"step": done})  # the training done is kept, unscored
           raise
       if save_now or preempted:
-        checkpoints.save(done, state, batches.state(), metrics={"top1": results["top1"]} if results else None)
+        checkpoints.save(done, state, {"step": done}, metrics={"top1": results["top1"]} if results else None)
       if preempted:
         logging.warning("preempted: checkpoint %d saved; run the same command to resume", done)
         return {"preempted": True, "step": done}

@@ -1,5 +1,6 @@
 """The train step: a pure function of (state, batch), jitted over the device mesh with the state
-replicated and donated and the batch split on the `data` axis.
+replicated and donated and the batch split on the `data` axis. Images arrive as uint8 and are
+normalised here, on the devices.
 
 Its own module so that the benchmark can compile it without the trainer's TensorFlow-backed
 writers (GPU machines may lack TensorFlow).
@@ -12,6 +13,7 @@ import optax
 from flax import nnx
 
 from resnet_jax import sharding
+from resnet_jax.data.pipeline import Normalizer
 from resnet_jax.evaluate import correct_top_k
 from resnet_jax.experiment import Experiment, TrainState
 
@@ -21,16 +23,18 @@ def train_step(
     batch: dict[str, jax.Array],
     *,
     graphdef: nnx.GraphDef,
+    normalize: Normalizer,
     optimizer: optax.GradientTransformation,
     schedule: optax.Schedule,
     label_smoothing: float,
     ema_decay: float,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   labels = batch["label"]
+  images = normalize(batch["image"], batch.get("lighting"))
 
   def loss_fn(params):
     model = nnx.merge(graphdef, params, state.batch_stats)
-    logits = model(batch["image"])
+    logits = model(images)
     targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
     loss = optax.softmax_cross_entropy(logits, targets).mean()
     return loss, (logits, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
@@ -58,7 +62,7 @@ def train_step(
 def compile_train_step(experiment: Experiment):
   config = experiment.config
   step = functools.partial(
-      train_step, graphdef=experiment.graphdef, optimizer=experiment.optimizer,
+      train_step, graphdef=experiment.graphdef, normalize=experiment.data.normalize, optimizer=experiment.optimizer,
       schedule=experiment.schedule, label_smoothing=config.label_smoothing,
       ema_decay=config.ema_decay,
   )

@@ -5,6 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from resnet_jax.data import augment
+from resnet_jax.data.pipeline import IMAGENET_MEAN, IMAGENET_STD, Normalizer
 
 
 def seed(i):
@@ -44,16 +45,18 @@ def test_paper_crop_is_the_window_that_scaling_maps_onto_it_inside_the_image_and
   image = gradient_image(60, 80)
   flips, corners = 0, set()
   for i in range(40):
-    out = augment.paper_train(encoded(image), seed(i), crop=8, scale=(10, 14), lighting_std=0.0).numpy()
+    out = augment.paper_train(encoded(image), seed(i), crop=8, scale=(10, 14), lighting_std=0.0)["image"].numpy()
     assert out.shape == (8, 8, 3)
     size_seed, crop_seed = augment.split_seed(seed(i), 4)[:2]
     shorter_side = int(augment.random_scale(size_seed, (10, 14)))
     top, left, height, width = augment.scale_crop_window(tf.constant([60, 80, 3]), crop_seed, 8, shorter_side).numpy()
     assert height == width == round(8 * 60 / shorter_side)
     assert 0 <= top <= 60 - height and 0 <= left <= 80 - width
-    expected = tf.image.resize(image[top:top + height, left:left + width].astype(np.float32), [8, 8], antialias=True).numpy()
-    flipped = not np.allclose(out, expected, atol=1e-3)
-    np.testing.assert_allclose(out, expected[:, ::-1] if flipped else expected, atol=1e-3)
+    resized = tf.image.resize(image[top:top + height, left:left + width].astype(np.float32), [8, 8], antialias=True)
+    expected = augment.quantize(resized).numpy()  # rounded to uint8, as torchvision's PIL resize
+    assert out.dtype == np.uint8 and np.abs(expected - resized.numpy()).max() <= 0.5
+    flipped = not np.array_equal(out, expected)
+    np.testing.assert_array_equal(out, expected[:, ::-1] if flipped else expected)
     flips += flipped
     corners.add((top, left))
   assert 10 <= flips <= 30
@@ -63,7 +66,7 @@ def test_paper_crop_is_the_window_that_scaling_maps_onto_it_inside_the_image_and
 def test_paper_crop_of_a_jpeg_decodes_only_the_window():
   image = gradient_image(375, 500)
   jpeg = encoded(image, "jpeg")
-  out = augment.paper_train(jpeg, seed(3), lighting_std=0.0).numpy()
+  out = augment.paper_train(jpeg, seed(3), lighting_std=0.0)["image"].numpy()
   assert out.shape == (224, 224, 3)
   # The same window cut from the fully decoded JPEG gives the same pixels.
   size_seed, crop_seed = augment.split_seed(seed(3), 4)[:2]
@@ -84,20 +87,23 @@ def test_inception_window_lies_inside_with_the_configured_area_and_aspect():
     aspects.append(width / height)
   assert min(areas) >= 0.075 and max(areas) <= 1.0 and np.median(areas) > 0.3
   assert min(aspects) > 0.72 and max(aspects) < 1.39
-  out = augment.inception_train(encoded(gradient_image(375, 500), "jpeg"), seed(1))
-  assert out.shape == (224, 224, 3)
+  out = augment.inception_train(encoded(gradient_image(375, 500), "jpeg"), seed(1))["image"]
+  assert out.shape == (224, 224, 3) and out.dtype == tf.uint8
 
 
 def test_pca_lighting_noise_has_mean_zero_and_the_configured_scale_along_each_eigenvector():
-  zero = tf.zeros((1, 1, 3))
-  shifts = np.array([augment.pca_lighting(zero, seed(i), 0.1).numpy().ravel() for i in range(4000)])
+  shifts = np.array([augment.lighting_shift(seed(i), 0.1).numpy() for i in range(4000)])
   eigenvectors = np.array(augment.IMAGENET_EIGENVECTORS)
   coefficients = np.linalg.solve(eigenvectors, shifts.T).T / (np.array(augment.IMAGENET_EIGENVALUES) * 255)
   np.testing.assert_allclose(coefficients.mean(0), 0, atol=0.01)
   np.testing.assert_allclose(coefficients.std(0), 0.1, rtol=0.06)
-  # The same shift for every pixel of an image.
-  image = augment.pca_lighting(tf.zeros((4, 5, 3)), seed(3), 0.1).numpy()
-  assert np.allclose(image, image[0, 0])
+  # The paper augmentation carries its image's shift; the device adds it to every pixel, then normalises.
+  fields = augment.paper_train(encoded(gradient_image(60, 80)), seed(3), crop=8, scale=(10, 14), lighting_std=0.1)
+  np.testing.assert_array_equal(fields["lighting"], augment.lighting_shift(augment.split_seed(seed(3), 4)[3], 0.1))
+  images, shift = fields["image"].numpy()[None], fields["lighting"].numpy()[None]
+  normalized = np.asarray(Normalizer.imagenet()(images, shift))
+  expected = (images + shift[:, None, None, :] - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+  np.testing.assert_allclose(normalized, expected, rtol=1e-6, atol=1e-5)
 
 
 def test_ten_views_are_the_four_corners_the_center_and_their_mirrors():

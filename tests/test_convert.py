@@ -20,12 +20,9 @@ def torch_resnet(arch: str):
   """A randomly initialised torchvision ResNet, with random BN statistics and affine parameters too
   (fresh BN layers are the identity, which would hide a mismatched mapping)."""
   torch = pytest.importorskip("torch")
+  from resnet_jax.torch_resnet import resnet
   torch.manual_seed(0)
-  try:
-    import torchvision
-    model = getattr(torchvision.models, arch)()
-  except ImportError:
-    model = _TorchvisionLayout(arch)
+  model = resnet(ARCHS[arch])
   with torch.no_grad():
     for module in model.modules():
       if isinstance(module, torch.nn.BatchNorm2d):
@@ -34,64 +31,6 @@ def torch_resnet(arch: str):
         module.running_mean.normal_(0, 0.2)
         module.running_var.uniform_(0.5, 2.0)
   return model.eval()
-
-
-def _TorchvisionLayout(arch: str):
-  """torchvision.models.resnet's structure and parameter names (v1.5 bottleneck), in plain torch."""
-  from torch import nn
-
-  depth = ARCHS[arch]
-  blocks = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}[depth]
-  expansion = 1 if depth < 50 else 4
-
-  def conv_bn(inputs, outputs, kernel, stride):
-    return nn.Conv2d(inputs, outputs, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(outputs)
-
-  class Block(nn.Module):
-    def __init__(self, inputs, width, stride):
-      super().__init__()
-      kernels = (3, 3) if expansion == 1 else (1, 3, 1)
-      widths = (width, width) if expansion == 1 else (width, width, width * expansion)
-      strides = (stride, 1) if expansion == 1 else (1, stride, 1)
-      channels = inputs
-      for i, (kernel, out, s) in enumerate(zip(kernels, widths, strides), start=1):
-        conv, bn = conv_bn(channels, out, kernel, s)
-        setattr(self, f"conv{i}", conv)
-        setattr(self, f"bn{i}", bn)
-        channels = out
-      self.count = len(kernels)
-      self.downsample = (nn.Sequential(*conv_bn(inputs, channels, 1, stride))
-                         if stride != 1 or inputs != channels else None)
-
-    def forward(self, x):
-      y = x
-      for i in range(1, self.count + 1):
-        y = getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(y))
-        if i < self.count:
-          y = y.relu()
-      return (y + (x if self.downsample is None else self.downsample(x))).relu()
-
-  class Net(nn.Module):
-    def __init__(self):
-      super().__init__()
-      self.conv1, self.bn1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64)
-      self.maxpool = nn.MaxPool2d(3, 2, 1)
-      channels = 64
-      for index, (width, count) in enumerate(zip((64, 128, 256, 512), blocks)):
-        layer = []
-        for b in range(count):
-          layer.append(Block(channels, width, 2 if index > 0 and b == 0 else 1))
-          channels = width * expansion
-        setattr(self, f"layer{index + 1}", nn.Sequential(*layer))
-      self.fc = nn.Linear(channels, 1000)
-
-    def forward(self, x):
-      x = self.maxpool(self.bn1(self.conv1(x)).relu())
-      for index in range(1, 5):
-        x = getattr(self, f"layer{index}")(x)
-      return self.fc(x.mean(dim=(2, 3)))
-
-  return Net()
 
 
 def our_logits(arch: str, weights: dict, images_nhwc: np.ndarray) -> np.ndarray:

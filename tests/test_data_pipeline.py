@@ -14,13 +14,8 @@ def make_split(n=50, size=6, channels=1):
   return ArraySplit(images, (np.arange(n) % 10).astype(np.int32))
 
 
-def identity_normalizer():
-  return Normalizer(np.zeros((1,), np.float32), np.full((1,), 1 / 255, np.float32))
-
-
 def batches(split, batch=8, step=0, augmentation="crop_flip", seed=3):
-  return TrainBatches(split, batch, seed=seed, augmentation=augmentation, pad=2,
-                      normalizer=identity_normalizer(), step=step)
+  return TrainBatches(split, batch, seed=seed, augmentation=augmentation, pad=2, step=step)
 
 
 def test_same_seed_same_batches_and_resume_gives_the_next_batch():
@@ -74,7 +69,7 @@ def test_crops_lie_inside_the_padded_image_and_flips_happen_about_half_the_time(
 def test_eval_scores_every_example_exactly_once(batch):
   split = make_split(n=23)
   seen = []
-  for b in eval_batches(split, batch, identity_normalizer()):
+  for b in eval_batches(split, batch):
     assert len(b["label"]) == batch and b["image"].shape[1] == 1  # one view
     seen += np.rint(b["image"][b["mask"] == 1][:, 0, 0, 0, 0]).tolist()
   assert sorted(seen) == sorted(split.images[:, 0, 0, 0].astype(np.float32).tolist())

@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -186,10 +187,11 @@ def test_sigterm_makes_every_process_save_the_same_step_and_exit_cleanly(tmp_pat
      ["gcloud compute tpus tpu-vm ssh pod --zone=us-central2-b --worker=all '--command=cd resnet_jax && "
       ".venv/bin/python -m resnet_jax.main --distributed=on --config=configs/imagenet.py:depth=50,source=tfds "
       "--workdir=/mnt/runs/r50'"]),
-    ("tpu_pod.sh", ["setup"], {"TPU_NAME": "pod", "ZONE": "z", "PROJECT": "p", "REPO_URL": "https://h/r.git"},
+    ("tpu_pod.sh", ["setup"], {"TPU_NAME": "pod", "ZONE": "z", "PROJECT": "p", "REPO_URL": "https://h/r.git",
+                               "WORKER_PYTHON": "/opt/python 3.12/bin/python3"},
      ["gcloud compute tpus tpu-vm ssh pod --zone=z --project=p --worker=all '--command=(git clone https://h/r.git "
-      "resnet_jax || git -C resnet_jax pull) && cd resnet_jax && make .venv/.installed && .venv/bin/pip install -q "
-      "jax\\[tpu\\]==0.10.2'"]),
+      "resnet_jax || git -C resnet_jax pull) && cd resnet_jax && make venv EXTRAS=tpu "
+      "PYTHON=/opt/python\\ 3.12/bin/python3'"]),
     # Values with spaces or shell syntax reach the workers' shell quoted.
     ("tpu_pod.sh", ["--workdir=/mnt/r"], {"TPU_NAME": "pod", "ZONE": "z", "REMOTE_DIR": "my dir; ls"},
      ["gcloud compute tpus tpu-vm ssh pod --zone=z --worker=all '--command=cd my\\ dir\\;\\ ls && "
@@ -229,6 +231,13 @@ def test_slurm_script_outside_a_job_says_to_submit_it():
   result = subprocess.run(["bash", "launch/slurm.sbatch", "--config=x"], cwd=ROOT, capture_output=True, text=True,
                           env=env, timeout=60)
   assert result.returncode == 2 and "sbatch launch/slurm.sbatch --config=x" in result.stderr
+
+
+def test_slurm_job_refuses_a_venv_without_jax_cuda():
+  env = dict(os.environ, SLURM_JOB_ID="1", PYTHON=sys.executable)  # this venv: the CPU build
+  result = subprocess.run(["bash", "launch/slurm.sbatch", "--config=x"], cwd=ROOT, capture_output=True, text=True,
+                          env=env, timeout=60)
+  assert result.returncode == 2 and "make venv EXTRAS=cuda13" in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("mode, flags, env, expected", [

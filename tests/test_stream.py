@@ -72,7 +72,7 @@ def test_same_seed_same_batches_resume_and_epochs_cover_every_example(source):
   resumed = take(train_stream(source, 4, crop16, seed=1, step=4), 2)
   for a, b in zip(first[4:], resumed):
     np.testing.assert_array_equal(a["image"], b["image"])
-  identity = lambda image_bytes, seed: tf.cast(tf.image.resize(augment.decode(image_bytes), [8, 8]), tf.float32)
+  identity = lambda image_bytes, seed: {"image": tf.cast(tf.image.resize(augment.decode(image_bytes), [8, 8]), tf.float32)}
   epochs = take(train_stream(source, 4, identity, seed=1), 6)
   for epoch in (epochs[:3], epochs[3:]):
     reds = np.concatenate([np.rint(b["image"][:, 0, 0, 0] / 80) for b in epoch])

@@ -128,13 +128,16 @@ def test_evaluate_command_scores_the_checkpoint_and_writes_json(straight_run):
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
-  # lr 0.1 for 4 steps, then 1e11: the loss blows up a few steps later.
+  # lr 0.1 for 4 steps, then 1e11: the loss blows up a few steps later, or the weights do first and a
+  # save refuses them (jax 0.12 reaches non-finite weights at a checkpoint step while the loss that
+  # produced them was still finite).
   result = train(tmp_path, 30, "--config.checkpoint_every_steps=2", "--config.schedule.boundaries=(4,)",
                  "--config.schedule.decay_factor=1e12")
   assert result.returncode == 1
   message = result.stderr.strip().splitlines()[-1]
-  assert message.startswith("error: loss is") and "at step" in message and "holds only finite values" in message, message
-  bad_step = int(message.split("at step ")[1].split(";")[0])
+  found = re.match(r"error: (loss is .* at step|the train state after step) (\d+)", message)
+  assert found and "holds only finite values" in message, message
+  bad_step = int(found[2])
   kept = saved_steps(tmp_path)
   assert kept and kept[-1] < bad_step
   assert all(np.isfinite(x).all() for x in leaves(read_state(tmp_path)["params"]))

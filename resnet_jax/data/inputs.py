@@ -1,7 +1,8 @@
 """One interface over the two kinds of input: splits held in memory (the bundled digits, tfds sets
 of fixed-size images such as CIFAR-10) and streams read from disk (ImageNet as an image folder or an
 array_record tfds build). The trainer and the evaluator see only `Inputs`: train batches from a
-step, eval batches, and the facts the config is checked against.
+step, eval batches, the normalisation their steps apply on the devices (batches are uint8), and the
+facts the config is checked against.
 """
 
 import dataclasses
@@ -18,28 +19,15 @@ from resnet_jax.data.sources import load_split, tfds_has_fixed_shape
 from resnet_jax.errors import ConfigError
 
 
-class StepCounter(Iterator[dict[str, np.ndarray]]):
-  """Wraps a batch iterator that starts at `step`; its state (the step) is the data position that
-  checkpoints save, for every kind of input."""
-
-  def __init__(self, batches: Iterator[dict[str, np.ndarray]], step: int):
-    self.batches, self.step = batches, step
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    self.step += 1
-    return next(self.batches)
-
-  def state(self) -> dict[str, int]:
-    return {"step": self.step}
-
-
 @dataclasses.dataclass
 class Inputs:
   num_train: int
   channels: int
   num_classes: int  # the classes the labels index, to check against the model
-  train: Callable[[int], StepCounter]  # the train batches from a step on
+  # The train batches from a step on: a pure function of (seed, step), so the step is the data position.
+  train: Callable[[int], Iterator[dict[str, np.ndarray]]]
   eval_batches: Callable[[], Iterator[dict[str, np.ndarray]]]
+  normalize: Normalizer  # uint8 images to the network's inputs, inside the jitted steps
 
 
 def make_inputs(config: Any) -> Inputs:
@@ -58,14 +46,13 @@ def make_inputs(config: Any) -> Inputs:
   data_dir = d.data_dir or None
   train_split = load_split(d.source, d.name, d.train_split, data_dir)
   eval_split = load_split(d.source, d.name, d.eval_split, data_dir)
-  normalizer = Normalizer.fit(train_split.images, d.normalization)
   return Inputs(
       num_train=len(train_split), channels=train_split.images.shape[-1],
       num_classes=int(train_split.labels.max()) + 1,
-      train=lambda step: StepCounter(TrainBatches(
-          train_split, config.batch_size, seed=config.seed, augmentation=d.augmentation, pad=d.pad,
-          normalizer=normalizer, step=step), step),
-      eval_batches=lambda: eval_batches(eval_split, config.eval_batch_size, normalizer),
+      train=lambda step: TrainBatches(
+          train_split, config.batch_size, seed=config.seed, augmentation=d.augmentation, pad=d.pad, step=step),
+      eval_batches=lambda: eval_batches(eval_split, config.eval_batch_size),
+      normalize=Normalizer.fit(train_split.images, d.normalization),
   )
 
 
@@ -95,8 +82,6 @@ def _stream_inputs(config: Any) -> Inputs:
     raise ConfigError(
         f"a streamed data set normalises by 'channel_mean_std' or 'channel_mean'; got {d.normalization!r}"
     )
-  mean = augment.IMAGENET_MEAN
-  std = augment.IMAGENET_STD if d.normalization == "channel_mean_std" else (1.0, 1.0, 1.0)
   train_augmentations = {
       "paper": lambda b, s: augment.paper_train(b, s, crop=d.image_size, lighting_std=d.lighting_std,
                                                 antialias=d.train_antialias),
@@ -111,10 +96,9 @@ def _stream_inputs(config: Any) -> Inputs:
   process = dict(process_index=jax.process_index(), process_count=jax.process_count())
   return Inputs(
       num_train=len(train_source), channels=3, num_classes=train_source.num_classes,
-      train=lambda step: StepCounter(stream.train_stream(
-          train_source, config.batch_size, lambda b, s: augment.normalize(train_augment(b, s), mean, std),
-          seed=config.seed, step=step, **process), step),
+      train=lambda step: stream.train_stream(
+          train_source, config.batch_size, train_augment, seed=config.seed, step=step, **process),
       eval_batches=lambda: stream.eval_stream(
-          eval_source, config.eval_batch_size, lambda b: augment.normalize(views(b), mean, std),
-          groups=eval_groups(), **process),
+          eval_source, config.eval_batch_size, lambda b: augment.quantize(views(b)), groups=eval_groups(), **process),
+      normalize=Normalizer.imagenet(divide_by_std=d.normalization == "channel_mean_std"),
   )

@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from resnet_jax.data.sources import ArraySplit
@@ -17,27 +18,47 @@ from resnet_jax.errors import ConfigError
 
 AUGMENTATIONS = ("none", "crop", "crop_flip")
 NORMALIZATIONS = ("pixel_mean", "channel_mean_std")
+# Per-channel mean and std of ImageNet's training pixels, 0-255 scale.
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Normalizer:
-  """Subtracts the training set's per-pixel mean (the paper's CIFAR recipe) or standardises per
-  channel; statistics come from the training split only."""
+  """(images / divisor - mean) / std, run on the devices inside the jitted steps: batches cross to
+  them as uint8, a quarter of float32's bytes. Hashed by identity (eq=False): a static argument.
+
+  In-memory sets subtract the training split's per-pixel mean (the paper's CIFAR recipe) or
+  standardise per channel, on a 0-1 scale (`fit`); streamed ImageNet uses its channel statistics on
+  the 0-255 scale (`imagenet`).
+  """
 
   mean: np.ndarray
-  scale: np.ndarray
+  std: np.ndarray
+  divisor: float = 1.0
 
   @classmethod
   def fit(cls, images: np.ndarray, kind: str) -> "Normalizer":
     pixels = images.astype(np.float64) / 255.0
     if kind == "pixel_mean":
-      return cls(pixels.mean(0).astype(np.float32), np.ones((1,), np.float32))
+      return cls(pixels.mean(0).astype(np.float32), np.ones((1,), np.float32), 255.0)
     if kind == "channel_mean_std":
-      return cls(pixels.mean((0, 1, 2)).astype(np.float32), pixels.std((0, 1, 2)).astype(np.float32))
+      return cls(pixels.mean((0, 1, 2)).astype(np.float32), pixels.std((0, 1, 2)).astype(np.float32), 255.0)
     raise ConfigError(f"unknown normalization {kind!r}; valid: {', '.join(NORMALIZATIONS)}")
 
-  def __call__(self, images: np.ndarray) -> np.ndarray:
-    return (images.astype(np.float32) / 255.0 - self.mean) / self.scale
+  @classmethod
+  def imagenet(cls, divide_by_std: bool = True) -> "Normalizer":
+    std = IMAGENET_STD if divide_by_std else (1.0, 1.0, 1.0)
+    return cls(np.array(IMAGENET_MEAN, np.float32), np.array(std, np.float32))
+
+  def __call__(self, images: jax.Array, lighting: jax.Array | None = None) -> jax.Array:
+    """Float32 network inputs from uint8 images (..., H, W, C); `lighting` is a per-image RGB shift."""
+    x = jnp.asarray(images).astype(jnp.float32)
+    if lighting is not None:
+      x = x + lighting[:, None, None, :]
+    if self.divisor != 1.0:
+      x = x / self.divisor
+    return (x - self.mean) / self.std
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +97,8 @@ def process_slice(
 
 
 class TrainBatches(Iterator[dict[str, np.ndarray]]):
-  """An endless stream of this process's slices of the global training batches, from `step` on."""
+  """An endless stream of this process's slices of the global training batches, from `step` on, as
+  the split stores them (uint8: `Normalizer` runs on the devices)."""
 
   def __init__(
       self,
@@ -86,7 +108,6 @@ class TrainBatches(Iterator[dict[str, np.ndarray]]):
       seed: int,
       augmentation: str,
       pad: int,
-      normalizer: Normalizer,
       step: int = 0,
   ):
     if augmentation not in AUGMENTATIONS:
@@ -97,7 +118,6 @@ class TrainBatches(Iterator[dict[str, np.ndarray]]):
     self.global_batch = global_batch
     self.seed = seed
     self.augment = None if augmentation == "none" else PadCropFlip(pad, augmentation == "crop_flip")
-    self.normalizer = normalizer
     self.step = step
     self.steps_per_epoch = len(split) // global_batch  # each epoch drops its remainder
     self._epoch, self._order = -1, None
@@ -118,12 +138,10 @@ class TrainBatches(Iterator[dict[str, np.ndarray]]):
       draws = self.augment.draw(np.random.default_rng([self.seed, 1, self.step]), self.global_batch)
       images = self.augment.apply(images, draws[local])
     self.step += 1
-    return {"image": self.normalizer(images), "label": self.split.labels[chosen]}
+    return {"image": images, "label": self.split.labels[chosen]}
 
 
-def eval_batches(
-    split: ArraySplit, global_batch: int, normalizer: Normalizer
-) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(split: ArraySplit, global_batch: int) -> Iterator[dict[str, np.ndarray]]:
   """Every example exactly once: the last global batch is padded and `mask` marks real examples.
 
   Images come as (batch, 1 view, H, W, C), the layout of multi-view evaluation."""
@@ -133,7 +151,7 @@ def eval_batches(
     real = positions < len(split)
     index = np.where(real, positions, 0)
     yield {
-        "image": normalizer(split.images[index])[:, None],
+        "image": split.images[index][:, None],
         "label": split.labels[index],
         "mask": real.astype(np.float32),
     }

@@ -81,8 +81,13 @@ def main(argv: list[str]) -> None:
         f"with --config.data.exclude_file={output}")
 
 
-if __name__ == "__main__":
+def command() -> None:
+  """The `resnet-jax-scan` console script (also `python -m resnet_jax.data.scan`)."""
   config_flags.DEFINE_config_file("config", None, "the run's config file[:arguments]", lock_config=True)
   flags.DEFINE_string("output", "bad_images.txt", "where the ids of the bad images go")
   flags.mark_flags_as_required(["config"])
   cli.run(main)
+
+
+if __name__ == "__main__":
+  command()

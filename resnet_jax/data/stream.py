@@ -183,7 +183,7 @@ class TfdsSource:
 def train_stream(
     source,
     global_batch: int,
-    augment: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
+    augment: Callable[[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]],
     *,
     seed: int,
     step: int = 0,
@@ -193,7 +193,8 @@ def train_stream(
 ) -> Iterator[dict[str, np.ndarray]]:
   """This process's slices of the global training batches, from `step` on, endlessly.
 
-  `augment(image_bytes, seed)` returns one float32 image; every epoch drops its remainder. An image
+  `augment(image_bytes, seed)` returns an example's fields (its image, and any others such as a
+  lighting shift); every epoch drops its remainder. An image
   that cannot be decoded ends the stream with a DataError naming it.
   """
   n = len(source)
@@ -216,7 +217,7 @@ def train_stream(
   def example(position):
     index, example_seed = index_and_seed(position)
     image_bytes, label = read(index)
-    return {"image": augment(image_bytes, example_seed), "label": label}
+    return {**augment(image_bytes, example_seed), "label": label}
 
   def batch_examples(batch_number):  # (index, seed) of a batch's examples, to find a bad one
     positions = range((step + batch_number) * local, (step + batch_number + 1) * local)

@@ -165,5 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   return 0
 
 
-if __name__ == "__main__":
+def command() -> None:
+  """The `resnet-jax-summary` console script (also `python -m resnet_jax.models.summary`)."""
   sys.exit(main())
+
+
+if __name__ == "__main__":
+  command()

@@ -1,0 +1,143 @@
+"""Training speed beside PyTorch on this machine: our compiled train step against torchvision's ResNet
+trained by a plain torch loop, same network, batch and image size, float32.
+
+  .venv/bin/python benchmarks/vs_torch.py --depth=50 --batch=8 [--torch_python=/venv-with-torch/bin/python]
+
+Each framework runs in its own process (torch need not be in our venv: `--torch_python` names an
+interpreter that has it), compiles and warms up once, then they take turns: `--rounds` rounds of
+`--steps` timed steps each, alternating, so both see the same machine load. Prints each round's
+images/s, the medians and the ratio ours / torch, then a JSON line. Torch's side: SGD momentum 0.9,
+weight decay 1e-4, cross-entropy, NCHW (and channels_last with --channels_last); threads as torch
+sets them. Ours: configs/imagenet.py's train step on a synthetic uint8 batch already on the device.
+"""
+
+import argparse
+import json
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def jax_worker(depth: int, batch: int, size: int, steps: int, warmup: int) -> None:
+  import resnet_jax  # noqa: F401  (first: the CPU work-around on jaxlib 0.10)
+  import importlib.util
+
+  import jax
+
+  from resnet_jax.benchmark import compile_step, synthetic_batch, synthetic_inputs, time_steps
+  from resnet_jax.experiment import setup
+
+  spec = importlib.util.spec_from_file_location("imagenet", ROOT / "configs/imagenet.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(f"depth={depth},batch={batch},variant=v1.5")  # torchvision's network
+  config.data.image_size = size
+  experiment = setup(config, synthetic_inputs(config))
+  state, data = experiment.initial_state(), synthetic_batch(experiment)
+  compiled, _ = compile_step(experiment, state, data)
+  _, state = time_steps(compiled, state, lambda: data, warmup, 0)
+
+  def round_times() -> list[float]:
+    nonlocal state  # the step donates it
+    times, state = time_steps(compiled, state, lambda: data, 0, steps)
+    return times
+
+  serve(round_times, f"jax {jax.__version__} ({jax.default_backend()})")
+
+
+def torch_worker(depth: int, batch: int, size: int, steps: int, warmup: int, channels_last: bool) -> None:
+  sys.path.insert(0, str(ROOT))
+  import torch
+  import torch.nn.functional as F
+
+  from resnet_jax.torch_resnet import resnet
+
+  torch.manual_seed(0)
+  model = resnet(depth).train()
+  images = torch.randn(batch, 3, size, size)
+  labels = torch.randint(0, 1000, (batch,))
+  if channels_last:
+    model, images = model.to(memory_format=torch.channels_last), images.to(memory_format=torch.channels_last)
+  optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+
+  def step_times(count: int) -> list[float]:
+    times = []
+    for _ in range(count):
+      start = time.perf_counter()
+      optimizer.zero_grad(set_to_none=True)
+      F.cross_entropy(model(images), labels).backward()
+      optimizer.step()
+      times.append(time.perf_counter() - start)
+    return times
+
+  step_times(warmup)
+  serve(lambda: step_times(steps), f"torch {torch.__version__}{' channels_last' if channels_last else ''}")
+
+
+def serve(round_times, name: str) -> None:
+  """A worker's loop: announce itself, then time one round per line read."""
+  print(json.dumps({"ready": name}), flush=True)
+  for _ in sys.stdin:
+    print(json.dumps({"times": round_times()}), flush=True)
+
+
+def start(kind: str, python: str, args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
+  command = [python, __file__, f"--worker={kind}", f"--depth={args.depth}", f"--batch={args.batch}",
+             f"--image_size={args.image_size}", f"--steps={args.steps}", f"--warmup={args.warmup}"]
+  if args.channels_last:
+    command.append("--channels_last")
+  process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  return process, json.loads(_line(process, kind))["ready"]
+
+
+def _line(process: subprocess.Popen, kind: str) -> str:
+  while line := process.stdout.readline():
+    if line.startswith("{"):
+      return line
+  raise SystemExit(f"error: the {kind} worker ended (exit status {process.wait()}); its errors are above")
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--depth", type=int, default=50)
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--image_size", type=int, default=224)
+  parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
+  parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--channels_last", action="store_true")
+  parser.add_argument("--torch_python", default=sys.executable, help="an interpreter with torch")
+  parser.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.worker == "jax":
+    return jax_worker(args.depth, args.batch, args.image_size, args.steps, args.warmup)
+  if args.worker == "torch":
+    return torch_worker(args.depth, args.batch, args.image_size, args.steps, args.warmup, args.channels_last)
+
+  workers = {"ours": start("jax", sys.executable, args), "torch": start("torch", args.torch_python, args)}
+  rates = {name: [] for name in workers}
+  for round_number in range(1, args.rounds + 1):
+    for name, (process, label) in workers.items():
+      process.stdin.write("go\n")
+      process.stdin.flush()
+      times = json.loads(_line(process, name))["times"]
+      rates[name].append(args.batch / statistics.median(times))
+      print(f"round {round_number}: {name:<5} {label:<34} {rates[name][-1]:7.2f} images/s", flush=True)
+  for process, _ in workers.values():
+    process.stdin.close()
+    process.wait()
+  medians = {name: statistics.median(values) for name, values in rates.items()}
+  ratio = medians["ours"] / medians["torch"]
+  print(f"ResNet-{args.depth}, batch {args.batch}, {args.image_size} px, float32: ours {medians['ours']:.2f} "
+        f"images/s, torch {medians['torch']:.2f} images/s: ours/torch = {ratio:.2f}x")
+  print(json.dumps({"depth": args.depth, "batch": args.batch, "image_size": args.image_size,
+                    "frameworks": {name: label for name, (_, label) in workers.items()},
+                    "images_per_s": rates, "median": medians, "ratio": ratio}))
+
+
+if __name__ == "__main__":
+  main()
