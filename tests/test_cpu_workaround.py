@@ -31,10 +31,11 @@ def test_importing_resnet_jax_first_gives_correct_cpu_results():
   assert result.returncode == 0, result.stderr
 
 
-def test_newer_jaxlib_is_correct_without_the_flag():
-  if _jaxlib_version() < (0, 11, 1):
-    pytest.skip(f"jaxlib {_jaxlib_version()} needs the flag")
-  code = "import os, resnet_jax\nassert 'ynn' not in os.environ.get('XLA_FLAGS', '')\n" + VMAPPED_MATVEC
+def test_jaxlib_0_12_keeps_ynn_for_dots_and_reductions_and_is_correct():
+  if not (0, 12) <= _jaxlib_version() < (0, 13):
+    pytest.skip(f"jaxlib {_jaxlib_version()} is not 0.12")
+  code = ("import os, resnet_jax\n"
+          "assert os.environ['XLA_FLAGS'] == '--xla_cpu_experimental_ynn_fusion_type=dot,reduce'\n" + VMAPPED_MATVEC)
   result = run_python(code, {"XLA_FLAGS": None})
   assert result.returncode == 0, result.stderr
 

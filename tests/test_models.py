@@ -16,7 +16,9 @@ from resnet_jax.models.blocks import (
     ResidualBlock,
     basic_branch,
     bottleneck_branch,
+    conv_or_matmul,
 )
+from resnet_jax.models.resnet import max_pool_3x3_stride_2
 from resnet_jax.models.summary import stage_rows
 
 # torchvision's resnet18..152 (1000 classes, projection shortcuts where the shape changes = B).
@@ -182,6 +184,32 @@ def test_he_initialisation_has_fan_out_variance():
   assert kernel.dtype == jnp.float32
   assert abs(float(jnp.std(kernel)) / expected_std - 1) < 0.02
   assert abs(float(jnp.mean(kernel))) < 0.01 * expected_std
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_one_by_one_convolutions_as_matmuls_give_the_convolutions_values_and_gradients(stride):
+  rng = np.random.default_rng(0)
+  x, kernel = rng.standard_normal((2, 9, 7, 5), np.float32), rng.standard_normal((1, 1, 5, 6), np.float32)
+  as_conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (stride, stride), "VALID",
+                                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  as_matmul = lambda x, k: conv_or_matmul(x, k, (stride, stride), ((0, 0), (0, 0)),
+                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(as_matmul(x, kernel), as_conv(x, kernel), rtol=1e-5, atol=1e-5)
+  weights = rng.standard_normal(as_conv(x, kernel).shape, np.float32)
+  gradients = [jax.grad(lambda x, k: (f(x, k) * weights).sum(), (0, 1))(x, kernel) for f in (as_conv, as_matmul)]
+  for a, b in zip(*gradients):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [(8, 8), (9, 6)])
+def test_stem_max_pool_gives_the_max_pool_values_and_gradients_after_a_relu(size):
+  x = np.random.default_rng(1).standard_normal((2, *size, 4)).astype(np.float32)
+  reference = lambda x: nnx.max_pool(jax.nn.relu(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+  ours = lambda x: max_pool_3x3_stride_2(jax.nn.relu(x))
+  np.testing.assert_array_equal(ours(x), reference(x))
+  weights = np.arange(np.prod(reference(x).shape), dtype=np.float32).reshape(reference(x).shape)
+  gradients = [jax.grad(lambda x: (f(x) * weights).sum())(x) for f in (reference, ours)]
+  np.testing.assert_array_equal(gradients[1], gradients[0])
 
 
 def test_batch_norm_running_average_follows_the_momentum():
