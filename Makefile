@@ -23,7 +23,7 @@ PYTEST_WORKERS ?= 2
 # The first line of every target: which interpreter and stack this run uses.
 SAY_STACK = @$(PY) -c 'import sys, importlib.metadata as m; print(f"Python {sys.version.split()[0]} ({sys.executable}),", ", ".join(f"{p} {m.version(p)}" for p in ("jax", "jaxlib", "flax")))'
 
-.PHONY: venv demo test smoke lock clean
+.PHONY: venv demo test test-torch smoke lock clean
 
 venv: $(STAMP)
 
@@ -48,6 +48,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(SAY_STACK)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) tests
+
+# The tests that compare with PyTorch (skipped by `make test` without torch), after installing it in
+# the venv with pip, which on Python 3.11 here takes the CPU build from local disk (uv would download
+# a CUDA build of several GB). TORCH=... picks another requirement.
+TORCH ?= torch==2.13.0
+test-torch: $(STAMP)
+	$(SAY_STACK)
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -m torch tests
 
 # A few minutes' check of a second stack (CI runs it on Python 3.11): the CPU reproducers, the
 # paper's counts, and the demo trained and evaluated for 20 steps.

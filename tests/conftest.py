@@ -13,6 +13,16 @@ import resnet_jax  # noqa: F401  (first: applies the jaxlib CPU work-around befo
 CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
 
 
+def pytest_terminal_summary(terminalreporter):
+  """One line saying how many PyTorch comparisons did not run, and how to run them."""
+  skipped = [report for report in terminalreporter.stats.get("skipped", [])
+             if "could not import 'torch'" in str(report.longrepr)]
+  if skipped:
+    terminalreporter.write_line(
+        f"torch is not installed: {len(skipped)} tests comparing with PyTorch were skipped; "
+        f"`make test-torch` installs it in the venv and runs them")
+
+
 def load_config(name: str, argument: str | None = None):
   """configs/<name>.py's config, as `--config=configs/<name>.py:<argument>` gives it."""
   spec = importlib.util.spec_from_file_location(name, CONFIGS / f"{name}.py")

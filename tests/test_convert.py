@@ -52,7 +52,8 @@ def state_dict_arrays(model) -> dict:
   return {k: v.numpy() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+@pytest.mark.torch
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"])
 def test_converted_weights_give_torchvisions_logits(arch):
   model = torch_resnet(arch)
   images = np.random.default_rng(0).normal(size=(2, 96, 96, 3)).astype(np.float32)
@@ -62,6 +63,7 @@ def test_converted_weights_give_torchvisions_logits(arch):
   assert np.abs(expected).max() > 0.1  # the comparison is not between near-zero outputs
 
 
+@pytest.mark.torch
 def test_convert_command_writes_a_checkpoint_the_evaluator_reads(tmp_path):
   torch = pytest.importorskip("torch")
   from resnet_jax.checkpoint import restore_weights
@@ -98,6 +100,7 @@ def test_every_array_maps_to_a_distinct_torchvision_name():
   assert len(names) == 155 + 155 * 4 + 2
 
 
+@pytest.mark.torch
 def test_a_state_dict_of_another_network_is_refused_with_its_differences():
   pytest.importorskip("torch")
   wrong = state_dict_arrays(torch_resnet("resnet34"))
