@@ -64,22 +64,23 @@ def test_converted_weights_give_torchvisions_logits(arch):
 
 
 @pytest.mark.torch
-def test_convert_command_writes_a_checkpoint_the_evaluator_reads(tmp_path):
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"])
+def test_convert_command_writes_a_checkpoint_the_evaluator_reads(tmp_path, arch):
   torch = pytest.importorskip("torch")
   from resnet_jax.checkpoint import restore_weights
-  model = torch_resnet("resnet34")
-  torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "r34.pth")
-  command = [sys.executable, "-m", "resnet_jax.convert", "torchvision", "--arch=resnet34",
-             f"--input={tmp_path / 'r34.pth'}", f"--output={tmp_path / 'converted'}"]
+  model = torch_resnet(arch)
+  torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, tmp_path / f"{arch}.pth")
+  command = [sys.executable, "-m", "resnet_jax.convert", "torchvision", f"--arch={arch}",
+             f"--input={tmp_path / f'{arch}.pth'}", f"--output={tmp_path / 'converted'}"]
   result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "python -m resnet_jax.evaluate --config=configs/imagenet.py:depth=34 --checkpoint=" in result.stdout
+  assert f"python -m resnet_jax.evaluate --config=configs/imagenet.py:depth={ARCHS[arch]}" in result.stdout
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                          convert_state_dict(state_dict_arrays(model), "resnet34"))
+                          convert_state_dict(state_dict_arrays(model), arch))
   weights = restore_weights(tmp_path / "converted", abstract)
   images = np.random.default_rng(1).normal(size=(1, 64, 64, 3)).astype(np.float32)
-  np.testing.assert_allclose(our_logits("resnet34", weights, images), torch_logits(model, images), rtol=1e-4,
-                             atol=1e-4)
+  expected = torch_logits(model, images)
+  np.testing.assert_allclose(our_logits(arch, weights, images), expected, rtol=1e-4, atol=1e-4)
   again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert again.returncode == 1 and "exists; choose another --output" in again.stderr
 
