@@ -28,7 +28,7 @@ def test_benchmark_reports_consistent_numbers_on_eight_devices_without_tensorflo
          "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
   result = subprocess.run(
       [sys.executable, "-m", "resnet_jax.benchmark", "--config=configs/mnist_demo.py:depth=8,batch=32",
-       "--config.eval_batch_size=32", "--steps=4", "--warmup=1", "--input_pipeline"],
+       "--config.eval_batch_size=32", "--steps=4", "--warmup=0", "--input_pipeline"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=400,
   )
   assert result.returncode == 0, result.stderr[-3000:]
@@ -44,6 +44,9 @@ def test_benchmark_reports_consistent_numbers_on_eight_devices_without_tensorflo
   assert report["train_mb_accessed_per_image_xla"] > 0
   assert report["memory_bytes"] > 0 and report["input_images_per_s"] > 0 and report["fed_images_per_s"] > 0
   assert "MFU" in result.stdout and "bound by" in result.stdout
+  # A step's batch crosses as uint8 images (32 x 28 x 28 x 1) and int32 labels; float32 images are 4x.
+  assert report["input_mb_per_step"] == pytest.approx((32 * 28 * 28 + 32 * 4) / 1e6)
+  assert report["input_mb_per_step_float32"] == pytest.approx((4 * 32 * 28 * 28 + 32 * 4) / 1e6)
 
 
 def test_largest_batch_is_the_last_that_fits_the_memory_limit():
