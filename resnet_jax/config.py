@@ -17,7 +17,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       depth=20, dataset="cifar", shortcut="A", plain=False, variant="v1", zero_init_residual=False,
       num_classes=10, input_channels=3, dtype="float32", bn_momentum=0.9, bn_epsilon=1e-5,
-      bn_group_size=0,
+      bn_group_size=0, bn_unbiased_running_var=True,
   ))
   c.data = ml_collections.ConfigDict(dict(
       # In memory: 'tfds' (a small prepared tfds set) or 'mnist_bundled'.
@@ -43,6 +43,9 @@ def base_config() -> ml_collections.ConfigDict:
       eval_resize=256,  # streamed: shorter side before the eval crop(s)
       eval_view="center",  # streamed: 'center', '10crop' or 'multiscale' (Table 4)
       eval_scales=(224, 256, 384, 480, 640),  # multiscale: the shorter sides, whole image + mirror
+      # streamed: 'tensorflow' (decodes and resizes only the crop's window; fast) or 'pil' (torchvision's
+      # Resize + CenterCrop/TenCrop to the pixel, for scoring torchvision weights as their authors did)
+      eval_resampler="tensorflow",
       # In memory: 'pixel_mean' or 'channel_mean_std' of the training split; streamed: ImageNet's
       # 'channel_mean_std' or 'channel_mean'.
       normalization="pixel_mean",

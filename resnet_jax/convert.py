@@ -59,8 +59,11 @@ def _to_ours(name: str, value: np.ndarray) -> np.ndarray:
   return value
 
 
-def convert_state_dict(state_dict: Mapping[str, np.ndarray], arch: str) -> dict:
-  """Our {"params", "batch_stats"} for torchvision's `arch` from its state dict (numpy arrays).
+def convert_state_dict(state_dict: Mapping[str, np.ndarray], arch: str, dtype: type = np.float32,
+                       **model_overrides) -> dict:
+  """Our {"params", "batch_stats"} for torchvision's `arch` from its state dict (numpy arrays), as
+  `dtype`; `model_overrides` change our network's config (e.g. num_classes, or variant='v1' for a
+  torch model with the paper's stride placement).
 
   Every array of ours must be found with its shape, and every torchvision array used (BN's
   num_batches_tracked aside), else one error lists what does not match.
@@ -70,7 +73,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], arch: str) -> dict:
   from resnet_jax.models import build_model
 
   state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
-  model = nnx.eval_shape(lambda: build_model(model_config(arch)))
+  model = nnx.eval_shape(lambda: build_model(model_config(arch) | model_overrides))
   _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   target = {"params": nnx.to_pure_dict(params), "batch_stats": nnx.to_pure_dict(batch_stats)}
   used, problems = set(), []
@@ -82,7 +85,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], arch: str) -> dict:
       problems.append(f"{name} is missing")
       return None
     used.add(name)
-    value = _to_ours(name, np.asarray(state_dict[name], np.float32))
+    value = _to_ours(name, np.asarray(state_dict[name], dtype))
     if value.shape != shape_dtype.shape:
       problems.append(f"{name} has shape {value.shape} in our layout, expected {shape_dtype.shape}")
     return value

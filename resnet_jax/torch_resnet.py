@@ -1,6 +1,7 @@
 """torchvision's ResNet (v1.5 bottleneck, its parameter names) in plain torch: the reference the
-converter's tests and `benchmarks/vs_torch.py` compare with where torchvision is not installed (PyPI's
-torchvision does not import beside the CPU torch build these machines install). Needs torch."""
+converter's and the train step's tests and `benchmarks/vs_torch.py` compare with where torchvision is
+not installed (PyPI's torchvision does not import beside the CPU torch build these machines install).
+The paper's v1 bottleneck (stride on the first 1x1) is an option. Needs torch."""
 
 from torch import nn
 
@@ -12,13 +13,14 @@ def _conv_bn(inputs: int, outputs: int, kernel: int, stride: int) -> tuple[nn.Co
 
 
 class Block(nn.Module):
-  """torchvision's BasicBlock (expansion 1) or Bottleneck (expansion 4, stride on the 3x3)."""
+  """torchvision's BasicBlock (expansion 1) or Bottleneck (expansion 4, stride on the 3x3, or on the
+  first 1x1 as in the paper)."""
 
-  def __init__(self, inputs: int, width: int, stride: int, expansion: int):
+  def __init__(self, inputs: int, width: int, stride: int, expansion: int, stride_on_3x3: bool = True):
     super().__init__()
     kernels = (3, 3) if expansion == 1 else (1, 3, 1)
     widths = (width, width) if expansion == 1 else (width, width, width * expansion)
-    strides = (stride, 1) if expansion == 1 else (1, stride, 1)
+    strides = (stride, 1) if expansion == 1 else (1, stride, 1) if stride_on_3x3 else (stride, 1, 1)
     channels = inputs
     for i, (kernel, out, s) in enumerate(zip(kernels, widths, strides), start=1):
       conv, bn = _conv_bn(channels, out, kernel, s)
@@ -39,9 +41,10 @@ class Block(nn.Module):
 
 
 class ResNet(nn.Module):
-  """torchvision.models.resnet{depth}(num_classes=...)'s layers and state-dict names."""
+  """torchvision.models.resnet{depth}(num_classes=...)'s layers and state-dict names; with
+  stride_on_3x3=False, the paper's v1 bottleneck."""
 
-  def __init__(self, depth: int, num_classes: int = 1000):
+  def __init__(self, depth: int, num_classes: int = 1000, stride_on_3x3: bool = True):
     super().__init__()
     expansion = 1 if depth < 50 else 4
     self.conv1, self.bn1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64)
@@ -50,7 +53,7 @@ class ResNet(nn.Module):
     for index, (width, count) in enumerate(zip((64, 128, 256, 512), BLOCKS[depth])):
       layer = []
       for b in range(count):
-        layer.append(Block(channels, width, 2 if index > 0 and b == 0 else 1, expansion))
+        layer.append(Block(channels, width, 2 if index > 0 and b == 0 else 1, expansion, stride_on_3x3))
         channels = width * expansion
       setattr(self, f"layer{index + 1}", nn.Sequential(*layer))
     self.fc = nn.Linear(channels, num_classes)

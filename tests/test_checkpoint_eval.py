@@ -187,6 +187,7 @@ def test_config_errors_are_clear_and_come_before_compiling(monkeypatch):
       ("model.num_classes", 5, "the data has 10 classes but model.num_classes=5"),
       ("data.eval_view", "10crop", "eval_view='10crop' needs a streamed ImageNet-style source"),
       ("data.exclude_file", "bad.txt", "data.exclude_file applies to streamed data sets"),
+      ("data.eval_resampler", "pil", "data.eval_resampler applies to streamed data sets"),
       ("schedule.learning_rate", -0.1, "schedule.learning_rate=-0.1 is invalid: it must be positive"),
       ("schedule.learning_rate", 0.0, "schedule.learning_rate=0.0 is invalid"),
       ("checkpoint_every_steps", 0, "checkpoint_every_steps=0 is invalid: it must be a positive integer"),
@@ -221,6 +222,18 @@ def test_grouped_bn_normalises_each_group_by_its_own_statistics():
     np.testing.assert_allclose(getattr(grouped, name)[...], expected, rtol=1e-5)
   with pytest.raises(ValueError, match="does not split into BN groups of 4"):
     grouped(x[:6])
+
+
+@pytest.mark.parametrize("unbiased", [True, False])
+def test_bn_running_variance_is_torchs_unbiased_one_or_flaxs_biased_one(unbiased):
+  x = np.asarray(jax.random.normal(jax.random.key(1), (4, 2, 2, 3)) * 3 + 1)  # 16 values a channel
+  bn = BatchNorm(3, unbiased_running_var=unbiased, momentum=0.9, rngs=nnx.Rngs(0), use_running_average=False)
+  y = bn(jnp.asarray(x))
+  batch_var = x.reshape(-1, 3).var(0, ddof=1 if unbiased else 0)
+  np.testing.assert_allclose(bn.var[...], 0.9 * 1.0 + 0.1 * batch_var, rtol=1e-5)
+  np.testing.assert_allclose(bn.mean[...], 0.1 * x.reshape(-1, 3).mean(0), rtol=1e-5, atol=1e-6)
+  # Either way the batch itself is normalised by its biased variance.
+  np.testing.assert_allclose(y, (x - x.mean((0, 1, 2))) / np.sqrt(x.var((0, 1, 2)) + 1e-5), atol=1e-5)
 
 
 def test_bn_group_size_reaches_every_norm_of_the_model():

@@ -12,6 +12,7 @@ from resnet_jax.data import augment
 from resnet_jax.data import DatasetNotPrepared
 from resnet_jax.data.prepare import prepare
 from resnet_jax.data.stream import FolderSource, TfdsSource, eval_stream, shape_groups, train_stream, views_function
+from resnet_jax.errors import ConfigError
 
 CLASSES = ["n01440764", "n01443537", "n01484850"]  # sorted synset folder names
 
@@ -88,9 +89,9 @@ def test_two_processes_read_the_halves_of_the_same_global_batches(source):
     np.testing.assert_array_equal(np.concatenate([halves[0][s]["image"], halves[1][s]["image"]]), whole[s]["image"])
 
 
-@pytest.mark.parametrize("processes", [1, 2])
-def test_eval_scores_every_example_once_across_processes(source, processes):
-  views = views_function("10crop", resize=24, crop=16)
+@pytest.mark.parametrize("processes,resampler", [(1, "tensorflow"), (2, "tensorflow"), (2, "pil")])
+def test_eval_scores_every_example_once_across_processes(source, processes, resampler):
+  views = views_function("10crop", resize=24, crop=16, resampler=resampler)
   seen = []
   for p in range(processes):
     for batch in eval_stream(source, 4, views, process_index=p, process_count=processes):
@@ -98,6 +99,13 @@ def test_eval_scores_every_example_once_across_processes(source, processes):
       seen += [(int(np.rint(img[0, 0, 0, 0] / 80)), int(l)) for img, l, m in
                zip(batch["image"], batch["label"], batch["mask"]) if m]
   assert sorted(seen) == [(k, k) for k in range(3) for _ in range(4)]  # each image once, with its label
+
+
+def test_unknown_or_unsupported_eval_resamplers_are_refused():
+  with pytest.raises(ConfigError, match="unknown eval_resampler 'cv2'; valid: tensorflow, pil"):
+    views_function("center", 256, 224, resampler="cv2")
+  with pytest.raises(ConfigError, match="eval_view='multiscale' has no torchvision counterpart"):
+    views_function("multiscale", 256, 224, (224,), resampler="pil")
 
 
 def test_folder_and_tfds_give_the_same_labels_for_the_same_images(fake_imagenet):

@@ -9,6 +9,9 @@ crosses to the devices, which normalise them (`pipeline.Normalizer`). A train au
 the example's fields: its image and, for the paper's, the PCA lighting shift, added on the device.
 """
 
+import io
+
+import numpy as np
 import tensorflow as tf
 
 # Krizhevsky et al. 2012's "standard color augmentation": PCA of ImageNet's RGB pixels (on a 0-1
@@ -25,16 +28,23 @@ def split_seed(seed: tf.Tensor, count: int) -> list[tf.Tensor]:
   return tf.unstack(tf.random.experimental.stateless_split(seed, count))
 
 
+# TensorFlow's default JPEG decoding uses libjpeg's fast integer IDCT, up to 18 grey levels from the
+# accurate one that PIL (so torchvision) uses; with the accurate one the pixels are PIL's exactly.
+JPEG_DCT = "INTEGER_ACCURATE"
+
+
 def decode(image_bytes: tf.Tensor) -> tf.Tensor:
-  return tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+  return tf.cond(tf.io.is_jpeg(image_bytes),
+                 lambda: tf.io.decode_jpeg(image_bytes, channels=3, dct_method=JPEG_DCT),
+                 lambda: tf.io.decode_image(image_bytes, channels=3, expand_animations=False))
 
 
 def resize_shorter_side(image: tf.Tensor, size: tf.Tensor | int) -> tf.Tensor:
-  """Scales so that the shorter side is `size`, keeping the aspect ratio."""
-  shape = tf.cast(tf.shape(image)[:2], tf.float32)
-  scale = tf.cast(size, tf.float32) / tf.reduce_min(shape)
-  new_shape = tf.cast(tf.round(shape * scale), tf.int32)
-  new_shape = tf.maximum(new_shape, tf.cast(size, tf.int32))  # rounding never drops below `size`
+  """Scales so that the shorter side is `size`, the longer one truncated as torchvision's Resize."""
+  height, width = tf.shape(image)[0], tf.shape(image)[1]
+  size = tf.cast(size, tf.int32)
+  new_shape = tf.where(height <= width, tf.stack([size, size * width // height]),
+                       tf.stack([size * height // width, size]))
   return tf.image.resize(tf.cast(image, tf.float32), new_shape, antialias=True)
 
 
@@ -86,7 +96,7 @@ def decode_window(image_bytes: tf.Tensor, window: tf.Tensor, size: int, antialia
   antialias=False (plain bilinear) is 2x faster; it aliases a little when shrinking by over ~1.5x.
   """
   def jpeg():
-    return tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
+    return tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3, dct_method=JPEG_DCT)
 
   def other():
     return tf.image.crop_to_bounding_box(decode(image_bytes), window[0], window[1], window[2], window[3])
@@ -139,26 +149,61 @@ def inception_train(
   return {"image": quantize(random_flip(decode_window(image_bytes, window, crop, antialias), flip_seed))}
 
 
+def center_offsets(height: tf.Tensor, width: tf.Tensor, crop: int) -> tuple[tf.Tensor, tf.Tensor]:
+  """(top, left) of the central crop: half the margin, rounded half to even as torchvision's."""
+  return tuple(tf.cast(tf.round((side - crop) / 2), tf.int32) for side in (height, width))
+
+
 def center_view(image_bytes: tf.Tensor, *, resize: int = 256, crop: int = 224) -> tf.Tensor:
   """Shorter side to `resize`, the central crop x crop: one view, shape (1, crop, crop, 3).
 
-  Decodes and resizes only the central square that the crop covers (crop / resize of the shorter
-  side), as the Flax and TPU reference pipelines do.
+  The whole image is resized, as torchvision's Resize + CenterCrop do: decoding and resizing only
+  the crop's window (the Flax and TPU reference pipelines) is faster, but its corner falls on a
+  whole pixel of the original, half an output pixel from torchvision's, which moved the views by
+  0.045 std on average (0.005 this way; the rest is the resampling filter).
   """
-  shape = image_shape(image_bytes)
-  side = covered_side(shape, crop, resize)
-  window = tf.stack([(shape[0] - side) // 2, (shape[1] - side) // 2, side, side])
-  return decode_window(image_bytes, window, crop)[None]
+  image = resize_shorter_side(decode(image_bytes), resize)
+  top, left = center_offsets(tf.shape(image)[0], tf.shape(image)[1], crop)
+  return image[None, top:top + crop, left:left + crop]
 
 
 def ten_crop_views(image_bytes: tf.Tensor, *, resize: int = 256, crop: int = 224) -> tf.Tensor:
   """The 4 corner crops, the center crop and their mirror images: shape (10, crop, crop, 3)."""
   image = resize_shorter_side(decode(image_bytes), resize)
   height, width = tf.shape(image)[0], tf.shape(image)[1]
-  tops = [0, 0, height - crop, height - crop, (height - crop) // 2]
-  lefts = [0, width - crop, 0, width - crop, (width - crop) // 2]
+  center_top, center_left = center_offsets(height, width, crop)
+  tops = [0, 0, height - crop, height - crop, center_top]
+  lefts = [0, width - crop, 0, width - crop, center_left]
   crops = tf.stack([image[t:t + crop, l:l + crop] for t, l in zip(tops, lefts)])
   return tf.concat([crops, crops[:, :, ::-1]], axis=0)
+
+
+def torchvision_views(image_bytes: tf.Tensor, *, resize: int = 256, crop: int = 224, ten_crop: bool = False) -> tf.Tensor:
+  """torchvision's eval transforms to the pixel, run in PIL: Resize(resize) (bilinear, antialiased;
+  the longer side truncated), then CenterCrop(crop) or TenCrop(crop) in its order; shape
+  (1 or 10, crop, crop, 3). For scoring torchvision-trained weights as their authors did."""
+  def views(data: bytes | np.ndarray) -> np.ndarray:  # bytes in tf.data, a 0-d array holding them eagerly
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(data.item() if isinstance(data, np.ndarray) else data)).convert("RGB")
+    width, height = image.size
+    if width <= height:
+      size = (resize, int(resize * height / width))
+    else:
+      size = (int(resize * width / height), resize)
+    image = image.resize(size, Image.BILINEAR)
+    images = (image, image.transpose(Image.FLIP_LEFT_RIGHT)) if ten_crop else (image,)
+    crops = []
+    for view in images:
+      center = (round((size[1] - crop) / 2), round((size[0] - crop) / 2))
+      corners = ((0, 0), (0, size[0] - crop), (size[1] - crop, 0), (size[1] - crop, size[0] - crop))
+      for top, left in (*corners, center) if ten_crop else (center,):
+        crops.append(np.asarray(view.crop((left, top, left + crop, top + crop))))
+    return np.stack(crops).astype(np.float32)
+
+  out = tf.numpy_function(views, [image_bytes], tf.float32, stateful=False)
+  out.set_shape([10 if ten_crop else 1, crop, crop, 3])
+  return out
 
 
 # Width / height of the shape buckets for whole-image (multi-scale) evaluation: portrait, square and

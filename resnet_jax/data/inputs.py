@@ -38,6 +38,9 @@ def make_inputs(config: Any) -> Inputs:
   if d.exclude_file:
     raise ConfigError(f"data.exclude_file applies to streamed data sets (folder, or tfds with images of varying "
                       f"size); {d.name} is held in memory, decoded already")
+  if d.eval_resampler != "tensorflow":
+    raise ConfigError(f"data.eval_resampler applies to streamed data sets (folder, or tfds with images of varying "
+                      f"size); {d.name} is held in memory and scored on its whole images")
   if d.eval_view != "center":
     raise ConfigError(
         f"eval_view={d.eval_view!r} needs a streamed ImageNet-style source (folder, or tfds with images "
@@ -90,7 +93,7 @@ def _stream_inputs(config: Any) -> Inputs:
   if d.augmentation not in train_augmentations:
     raise ConfigError(f"unknown augmentation {d.augmentation!r} for a streamed data set; valid: paper, inception")
   train_augment = train_augmentations[d.augmentation]
-  views = stream.views_function(d.eval_view, d.eval_resize, d.image_size, d.eval_scales)
+  views = stream.views_function(d.eval_view, d.eval_resize, d.image_size, d.eval_scales, d.eval_resampler)
   # Multi-scale batches group images by shape: read every header once, at the first evaluation.
   eval_groups = functools.cache(lambda: stream.shape_groups(eval_source) if d.eval_view == "multiscale" else None)
   process = dict(process_index=jax.process_index(), process_count=jax.process_count())

@@ -52,8 +52,9 @@ class Normalizer:
     return cls(np.array(IMAGENET_MEAN, np.float32), np.array(std, np.float32))
 
   def __call__(self, images: jax.Array, lighting: jax.Array | None = None) -> jax.Array:
-    """Float32 network inputs from uint8 images (..., H, W, C); `lighting` is a per-image RGB shift."""
-    x = jnp.asarray(images).astype(jnp.float32)
+    """Float32 network inputs (float64 under JAX_ENABLE_X64) from uint8 images (..., H, W, C);
+    `lighting` is a per-image RGB shift."""
+    x = jnp.asarray(images).astype(float)
     if lighting is not None:
       x = x + lighting[:, None, None, :]
     if self.divisor != 1.0:

@@ -324,8 +324,21 @@ def shape_groups(source) -> np.ndarray:
   return np.fromiter(scan.as_numpy_iterator(), np.int64, count=len(source))
 
 
-def views_function(kind: str, resize: int, crop: int, scales: tuple[int, ...] = ()) -> Callable[[tf.Tensor], Any]:
-  """The eval views of one example, by name: 'center', '10crop' or 'multiscale'."""
+EVAL_RESAMPLERS = ("tensorflow", "pil")
+
+
+def views_function(kind: str, resize: int, crop: int, scales: tuple[int, ...] = (),
+                   resampler: str = "tensorflow") -> Callable[[tf.Tensor], Any]:
+  """The eval views of one example, by name: 'center', '10crop' or 'multiscale'; resampled by
+  TensorFlow (decoding only the crop's window) or, 'pil', exactly as torchvision's transforms."""
+  if resampler not in EVAL_RESAMPLERS:
+    raise ConfigError(f"unknown eval_resampler {resampler!r}; valid: {', '.join(EVAL_RESAMPLERS)}")
+  if resampler == "pil":
+    if kind not in ("center", "10crop"):
+      raise ConfigError(f"eval_resampler='pil' makes torchvision's center and 10crop views; eval_view={kind!r} "
+                        f"has no torchvision counterpart (use eval_resampler='tensorflow')")
+    return lambda image_bytes: augment.torchvision_views(image_bytes, resize=resize, crop=crop,
+                                                         ten_crop=kind == "10crop")
   if kind == "center":
     return lambda image_bytes: augment.center_view(image_bytes, resize=resize, crop=crop)
   if kind == "10crop":
