@@ -24,9 +24,7 @@ from flax import nnx
 
 from resnet_jax import sharding
 from resnet_jax.errors import CheckpointError, ConfigError
-from resnet_jax.reporting import fetch, quiet_libraries, write_atomically
-
-SYNC_EVERY = 8  # read results at least this often (see reporting.fetch)
+from resnet_jax.reporting import MAX_STEPS_IN_FLIGHT, fetch, quiet_libraries, write_atomically
 
 
 def correct_top_k(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
@@ -73,7 +71,7 @@ def evaluate(experiment: Any, params: Any, batch_stats: Any) -> dict[str, float]
   pending = []
   for batch in sharding.prefetch_to_devices(experiment.data.eval_batches(), experiment.mesh):
     pending.append(step(params, batch_stats, batch))
-    if len(pending) >= SYNC_EVERY:
+    if len(pending) >= MAX_STEPS_IN_FLIGHT:
       _accumulate(totals, fetch(pending))
       pending = []
   _accumulate(totals, fetch(pending))

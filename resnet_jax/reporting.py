@@ -74,9 +74,13 @@ def read_record(path: pathlib.Path) -> dict | None:
     return None
 
 
+# The CPU backend deadlocks with ~30 collective steps queued: the trainer and the evaluator read
+# their results (`fetch`) at least this often.
+MAX_STEPS_IN_FLIGHT = 8
+
+
 def fetch(pending: list[dict]) -> list[dict[str, float]]:
-  """Reads device metrics to the host; reading every few steps bounds the steps in flight (the CPU
-  backend deadlocks with ~30 collective steps queued)."""
+  """Reads device metrics to the host, which bounds the steps in flight."""
   return [{k: float(np.asarray(v)) for k, v in m.items()} for m in jax.device_get(pending)]
 
 

@@ -19,10 +19,8 @@ from resnet_jax.errors import ConfigError, TrainingDiverged
 from resnet_jax.evaluate import describe, evaluate, write_record
 from resnet_jax.experiment import setup
 from resnet_jax.lock import WorkdirLock
-from resnet_jax.reporting import Reporter, fetch
+from resnet_jax.reporting import MAX_STEPS_IN_FLIGHT, Reporter, fetch
 from resnet_jax.train_step import compile_train_step
-
-SYNC_EVERY = 10  # read metrics at least this often (see reporting.fetch)
 
 
 def _check_finite(metrics: list[dict[str, float]], first_step: int, checkpoints: Checkpoints) -> None:
@@ -104,7 +102,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       eval_now = bool(eval_every) and done % eval_every == 0 or done == total
       save_now = done % config.checkpoint_every_steps == 0 or done == total or eval_now
       preempted = preemption.requested(done)
-      if len(pending) >= SYNC_EVERY or log_now or save_now or preempted:
+      if len(pending) >= MAX_STEPS_IN_FLIGHT or log_now or save_now or preempted:
         fetched = fetch(pending)
         _check_finite(fetched, done - len(pending) + 1, checkpoints)
         window += fetched

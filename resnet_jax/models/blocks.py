@@ -42,8 +42,8 @@ class Layers:
   bn_momentum: float
   bn_epsilon: float
   bn_group_size: int
-  bn_unbiased_running_var: bool
   rngs: nnx.Rngs
+  bn_unbiased_running_var: bool = True
 
   @property
   def param_dtype(self) -> jnp.dtype:

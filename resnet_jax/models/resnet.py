@@ -214,8 +214,8 @@ class ResNet(nnx.Module):
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
     self.config = config
     layers = Layers(
-        DTYPES[config.dtype], config.bn_momentum, config.bn_epsilon, config.bn_group_size,
-        config.bn_unbiased_running_var, rngs
+        DTYPES[config.dtype], config.bn_momentum, config.bn_epsilon, config.bn_group_size, rngs,
+        config.bn_unbiased_running_var
     )
     self.stem = Stem(config, layers)
     shortcut = None if config.plain else config.shortcut
