@@ -23,7 +23,7 @@ PYTEST_WORKERS ?= 2
 # The first line of every target: which interpreter and stack this run uses.
 SAY_STACK = @$(PY) -c 'import sys, importlib.metadata as m; print(f"Python {sys.version.split()[0]} ({sys.executable}),", ", ".join(f"{p} {m.version(p)}" for p in ("jax", "jaxlib", "flax")))'
 
-.PHONY: venv demo test test-torch smoke lock clean
+.PHONY: venv demo test test-fast test-torch smoke lock clean
 
 venv: $(STAMP)
 
@@ -48,6 +48,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(SAY_STACK)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) tests
+
+# The suite without its slow tests (training processes, the largest networks): the edit-test loop.
+test-fast: $(STAMP)
+	$(SAY_STACK)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not slow and not torch" tests
 
 # The tests that compare with PyTorch (skipped by `make test` without torch), after installing it in
 # the venv with pip, which on Python 3.11 here takes the CPU build from local disk (uv would download

@@ -119,6 +119,7 @@ def test_the_scan_lists_exactly_the_bad_files_and_excluding_them_trains_and_eval
   assert sum(int(b["mask"].sum()) for b in inputs.eval_batches()) == 3
 
 
+@pytest.mark.slow
 def test_the_scan_command_writes_the_exclude_file_with_progress(image_folder):
   (image_folder / "train" / "b" / "1.JPEG").write_bytes(b"GIF89a broken")
   output = image_folder / "bad.txt"

@@ -9,6 +9,8 @@ import pytest
 
 from conftest import load_config
 
+pytestmark = pytest.mark.slow  # subprocesses: `make test-fast` leaves these out
+
 ROOT = __import__("pathlib").Path(__file__).parent.parent
 
 # Makes `import tensorflow` fail, as on a GPU machine that carries only JAX.

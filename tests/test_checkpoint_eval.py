@@ -45,6 +45,7 @@ def test_a_corrupt_latest_checkpoint_is_moved_aside_the_one_before_restored_and_
   checkpoints.close()
 
 
+@pytest.mark.slow
 def test_every_flipped_byte_of_every_checkpoint_file_is_caught(tiny_experiment, tmp_path):
   """A real train state's checkpoint: one byte flipped at 12 random places in each file (manifest
   included) fails verification every time; the restored values would otherwise change silently."""
@@ -174,6 +175,7 @@ def test_multiscale_scores_are_the_softmax_averaged_over_every_view_of_every_sca
   assert float(sums["loss"]) == pytest.approx(expected_loss, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_config_errors_are_clear_and_come_before_compiling(monkeypatch):
   from resnet_jax.experiment import setup
   config = load_config("mnist_demo", "depth=8")
@@ -236,6 +238,7 @@ def test_bn_running_variance_is_torchs_unbiased_one_or_flaxs_biased_one(unbiased
   np.testing.assert_allclose(y, (x - x.mean((0, 1, 2))) / np.sqrt(x.var((0, 1, 2)) + 1e-5), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bn_group_size_reaches_every_norm_of_the_model():
   model = build_model({"depth": 8, "dataset": "cifar", "bn_group_size": 16})
   norms = [m for _, m in nnx.iter_graph(model) if isinstance(m, BatchNorm)]
@@ -244,6 +247,7 @@ def test_bn_group_size_reaches_every_norm_of_the_model():
     build_model({"depth": 8, "dataset": "cifar", "bn_group_size": -1})
 
 
+@pytest.mark.slow
 def test_uint8_batches_normalised_on_the_device_give_the_losses_of_host_normalisation(tiny_experiment):
   """Batches cross to the devices as uint8, a quarter of float32's bytes, and the step normalises
   them. Against normalising in numpy on the host (the pipeline's old way) the inputs differ by float32
@@ -270,6 +274,7 @@ def test_uint8_batches_normalised_on_the_device_give_the_losses_of_host_normalis
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_train_step_applies_label_smoothing_and_keeps_an_ema_of_the_weights(tiny_experiment):
   from resnet_jax.sharding import global_batch
   from resnet_jax.train_step import train_step
@@ -296,6 +301,7 @@ def test_train_step_applies_label_smoothing_and_keeps_an_ema_of_the_weights(tiny
   assert int(plain.step) == 1 and float(metrics["grad_norm"]) > 0
 
 
+@pytest.mark.slow
 def test_bfloat16_training_follows_float32_over_the_first_steps():
   """The same run in both dtypes, on the same real digits: bf16 computation (float32 parameters and
   BN statistics) gives each step's loss within 0.5% of float32's (measured: 0.05%), and both learn."""

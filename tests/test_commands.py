@@ -7,7 +7,10 @@ import subprocess
 import sys
 import tomllib
 
+import pytest
 from runs import ROOT
+
+pytestmark = pytest.mark.slow  # subprocesses: `make test-fast` leaves these out
 
 COMMANDS = {"train", "evaluate", "benchmark", "sweep", "plot", "table", "convert", "summary", "prepare", "scan"}
 

@@ -20,6 +20,8 @@ from runs import ROOT, command, environment, leaves, losses, metrics, read_state
 
 from resnet_jax.distributed import initialize_arguments
 
+pytestmark = pytest.mark.slow  # subprocesses: `make test-fast` leaves these out
+
 STEPS = 8
 # A small learning rate: 2 x 4 and 1 x 8 devices sum in different orders, and a tiny net at the
 # demo's rate amplifies rounding by ~5x a step; at this rate 8 steps stay within 1e-5.

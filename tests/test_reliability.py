@@ -19,6 +19,8 @@ from resnet_jax import cli
 from resnet_jax.errors import ConfigError, DataError, TrainingDiverged, WorkdirInUse
 from resnet_jax.lock import WorkdirLock
 
+pytestmark = pytest.mark.slow  # subprocesses: `make test-fast` leaves these out
+
 
 def wait_for(condition, process, what, timeout=300):
   deadline = time.time() + timeout

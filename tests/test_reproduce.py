@@ -13,6 +13,8 @@ from runs import ROOT, environment, losses, metrics, saved_steps
 
 from resnet_jax import plot, table
 
+pytestmark = pytest.mark.slow  # subprocesses: `make test-fast` leaves these out
+
 # Two 6-step runs (plain and residual ResNet-8), evaluated at steps 3 and 6.
 GRID = ["--config=configs/mnist_demo.py", "--grid=depth=8", "--grid=plain=False,True", "--grid=batch=32",
         "--grid=steps=6", "--set=config.eval_every_epochs=0.024", "--set=config.eval_batch_size=500",

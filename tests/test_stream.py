@@ -120,6 +120,7 @@ def test_folder_and_tfds_give_the_same_labels_for_the_same_images(fake_imagenet)
       assert by_name[record["file_name"].decode()] == tfds_source.read(i)[1]
 
 
+@pytest.mark.slow
 def test_unprepared_imagenet_says_where_the_tars_go_and_how_to_build(tmp_path):
   with pytest.raises(DatasetNotPrepared) as error:
     TfdsSource("imagenet2012", "train", str(tmp_path))

@@ -58,6 +58,7 @@ def test_bad_depth_is_one_clear_error(capsys, argv, message):
   assert err.startswith("error: ") and message in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_model_table_covers_every_network_of_tables_1_and_6():
   rows = summary.model_table().splitlines()[2:]
   assert len(rows) == 11

@@ -12,6 +12,9 @@ import numpy as np
 import pytest
 from runs import ROOT, by_step, command, environment, leaves, losses, read_state, saved_steps, start, train
 
+pytestmark = pytest.mark.slow  # subprocesses: `make test-fast` leaves these out
+
+
 def wait_for_checkpoint(process, workdir, at_least):
   deadline = time.time() + 300
   while time.time() < deadline and process.poll() is None:
