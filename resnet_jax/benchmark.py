@@ -16,6 +16,7 @@ which bounds the run. The synthetic path imports neither TensorFlow nor tfds.
 import json
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -130,22 +131,16 @@ def memory_estimate(compiled: Any) -> int:
   return stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes + stats.temp_size_in_bytes
 
 
-def largest_batch(config: ml_collections.ConfigDict, limit_bytes: float) -> tuple[int, dict[int, int]]:
-  """The largest per-device batch whose compiled step fits in `limit_bytes` (0 if none), found by
-  doubling or halving from the config's batch and then bisecting; also each size tried, with its
-  bytes. Only compiles: XLA's memory analysis gives the bytes without running anything."""
-  devices = jax.device_count()
+def largest_fitting(start: int, bytes_of: Callable[[int], int], limit_bytes: float) -> tuple[int, dict[int, int]]:
+  """The largest size whose `bytes_of` fits in `limit_bytes` (0 if none), found by doubling or halving
+  from `start` and then bisecting (bytes grow with the size); also each size tried, with its bytes."""
   tried: dict[int, int] = {}
 
-  def fits(per_device: int) -> bool:
-    trial = ml_collections.ConfigDict(config.to_dict())
-    trial.batch_size = per_device * devices
-    experiment = setup(trial, synthetic_inputs(trial))
-    step = compile_train_step(experiment).lower(experiment.abstract_state(), batch_shapes(experiment, trial.batch_size))
-    tried[per_device] = memory_estimate(step.compile())
-    return tried[per_device] <= limit_bytes
+  def fits(size: int) -> bool:
+    tried[size] = bytes_of(size)
+    return tried[size] <= limit_bytes
 
-  start = max(1, config.batch_size // devices)
+  start = max(1, start)
   if fits(start):
     low, high = start, start * 2
     while fits(high):
@@ -158,6 +153,21 @@ def largest_batch(config: ml_collections.ConfigDict, limit_bytes: float) -> tupl
     middle = (low + high) // 2
     low, high = (middle, high) if fits(middle) else (low, middle)
   return low, tried
+
+
+def largest_batch(config: ml_collections.ConfigDict, limit_bytes: float) -> tuple[int, dict[int, int]]:
+  """The largest per-device batch whose compiled step fits in `limit_bytes`, searched from the
+  config's batch. Only compiles: XLA's memory analysis gives the bytes without running anything."""
+  devices = jax.device_count()
+
+  def step_bytes(per_device: int) -> int:
+    trial = ml_collections.ConfigDict(config.to_dict())
+    trial.batch_size = per_device * devices
+    experiment = setup(trial, synthetic_inputs(trial))
+    step = compile_train_step(experiment).lower(experiment.abstract_state(), batch_shapes(experiment, trial.batch_size))
+    return memory_estimate(step.compile())
+
+  return largest_fitting(config.batch_size // devices, step_bytes, limit_bytes)
 
 
 def run(config: ml_collections.ConfigDict, steps: int, warmup: int, input_pipeline: bool) -> dict[str, Any]:

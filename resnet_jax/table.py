@@ -14,35 +14,11 @@ import re
 
 from absl import app, flags
 
+from resnet_jax import paper
 from resnet_jax.models import ModelConfig
 from resnet_jax.reporting import read_record
 
 BEGIN, END = "<!-- results: begin (python -m resnet_jax.table) -->", "<!-- results: end -->"
-
-# (data, depth, plain, shortcut, protocol) -> (top-1 error, top-5 error or None, where in the paper).
-# ImageNet rows are the paper's v1 networks; plain nets have no shortcut.
-PAPER: dict[tuple, tuple[float, float | None, str]] = {
-    ("imagenet2012", 18, True, None, "10crop"): (27.94, None, "Table 2"),
-    ("imagenet2012", 18, False, "A", "10crop"): (27.88, None, "Table 2"),
-    ("imagenet2012", 34, True, None, "10crop"): (28.54, 10.02, "Tables 2-3"),
-    ("imagenet2012", 34, False, "A", "10crop"): (25.03, 7.76, "Tables 2-3"),
-    ("imagenet2012", 34, False, "B", "10crop"): (24.52, 7.46, "Table 3"),
-    ("imagenet2012", 34, False, "C", "10crop"): (24.19, 7.40, "Table 3"),
-    ("imagenet2012", 50, False, "B", "10crop"): (22.85, 6.71, "Table 3"),
-    ("imagenet2012", 101, False, "B", "10crop"): (21.75, 6.05, "Table 3"),
-    ("imagenet2012", 152, False, "B", "10crop"): (21.43, 5.71, "Table 3"),
-    ("imagenet2012", 34, False, "B", "multiscale"): (21.84, 5.71, "Table 4"),
-    ("imagenet2012", 34, False, "C", "multiscale"): (21.53, 5.60, "Table 4"),
-    ("imagenet2012", 50, False, "B", "multiscale"): (20.74, 5.25, "Table 4"),
-    ("imagenet2012", 101, False, "B", "multiscale"): (19.87, 4.60, "Table 4"),
-    ("imagenet2012", 152, False, "B", "multiscale"): (19.38, 4.49, "Table 4"),
-    ("cifar10", 20, False, "A", "center"): (8.75, None, "Table 6"),
-    ("cifar10", 32, False, "A", "center"): (7.51, None, "Table 6"),
-    ("cifar10", 44, False, "A", "center"): (7.17, None, "Table 6"),
-    ("cifar10", 56, False, "A", "center"): (6.97, None, "Table 6"),
-    ("cifar10", 110, False, "A", "center"): (6.43, None, "Table 6"),
-    ("cifar10", 1202, False, "A", "center"): (7.93, None, "Table 6"),
-}
 
 
 def find_records(paths: list[str]) -> list[dict]:
@@ -82,7 +58,7 @@ def paper_numbers(record: dict) -> tuple[float, float | None, str] | None:
   if model.variant != "v1" and model.block == "bottleneck":
     return None  # the paper's bottleneck nets are v1
   shortcut = None if model.plain else model.shortcut
-  return PAPER.get((record["data"], model.depth, model.plain, shortcut, record.get("protocol", "center")))
+  return paper.ERRORS.get((record["data"], model.depth, model.plain, shortcut, record.get("protocol", "center")))
 
 
 def hardware(record: dict) -> str:

@@ -9,8 +9,6 @@ import pytest
 
 from conftest import load_config
 
-pytestmark = pytest.mark.slow  # subprocesses: `make test-fast` leaves these out
-
 ROOT = __import__("pathlib").Path(__file__).parent.parent
 
 # Makes `import tensorflow` fail, as on a GPU machine that carries only JAX.
@@ -24,6 +22,7 @@ sys.meta_path.insert(0, BlockTensorFlow())
 '''
 
 
+@pytest.mark.slow
 def test_benchmark_reports_consistent_numbers_on_eight_devices_without_tensorflow(tmp_path):
   (tmp_path / "sitecustomize.py").write_text(BLOCK_TENSORFLOW)
   env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path),
@@ -51,6 +50,18 @@ def test_benchmark_reports_consistent_numbers_on_eight_devices_without_tensorflo
   assert report["input_mb_per_step_float32"] == pytest.approx((4 * 32 * 28 * 28 + 32 * 4) / 1e6)
 
 
+@pytest.mark.parametrize("start", [1, 5, 64, 1000])
+def test_the_search_finds_the_largest_size_within_the_limit_and_tries_both_sides(start):
+  from resnet_jax.benchmark import largest_fitting
+  bytes_of = lambda size: 1000 * size + 300  # a fixed cost and a cost per example
+  found, tried = largest_fitting(start, bytes_of, limit_bytes=37_500)
+  assert found == 37 and tried[37] <= 37_500 < tried[38]
+  assert all(tried[size] == bytes_of(size) for size in tried) and len(tried) <= 2 * 11
+  nothing, tried = largest_fitting(start, bytes_of, limit_bytes=1)
+  assert nothing == 0 and 1 in tried
+
+
+@pytest.mark.slow
 def test_largest_batch_is_the_last_that_fits_the_memory_limit():
   from resnet_jax.benchmark import largest_batch
   config = load_config("mnist_demo", "depth=8,batch=8")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from resnet_jax import paper
 from resnet_jax.models import ModelConfig, build_model, count_params, module_macs
 from resnet_jax.models.blocks import (
     Layers,
@@ -23,13 +24,11 @@ from resnet_jax.models.summary import stage_rows
 
 # torchvision's resnet18..152 (1000 classes, projection shortcuts where the shape changes = B).
 TORCHVISION_PARAMS = {18: 11_689_512, 34: 21_797_672, 50: 25_557_032, 101: 44_549_160, 152: 60_192_808}
-# Table 1, FLOPs (multiply-adds) x 10^9 at 224x224; and the same counted exactly, paper (v1) and
-# torchvision (v1.5) stride placement (../shared/reference/paper.md).
-TABLE1_GMACS = {18: 1.8, 34: 3.6, 50: 3.8, 101: 7.6, 152: 11.3}
+# Table 1's FLOPs (multiply-adds, paper.TABLE1_GFLOPS) counted exactly, with the paper's (v1) and
+# torchvision's (v1.5) stride placement (../shared/reference/paper.md).
 EXACT_GMACS_V1 = {18: 1.814, 34: 3.664, 50: 3.858, 101: 7.570, 152: 11.282}
 EXACT_GMACS_V15 = {18: 1.814, 34: 3.664, 50: 4.089, 101: 7.801, 152: 11.514}
-# Table 6 parameters (M), and the exact option-A counts; forward multiply-adds (M) on 32x32.
-TABLE6_MPARAMS = {20: 0.27, 32: 0.46, 44: 0.66, 56: 0.85, 110: 1.7, 1202: 19.4}
+# The exact option-A counts behind Table 6's (paper.TABLE6_MPARAMS); forward multiply-adds (M) on 32x32.
 EXACT_CIFAR_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962, 1202: 19_421_274}
 CIFAR_MMACS = {20: 40.6, 56: 125.5, 110: 252.9}
 
@@ -77,10 +76,10 @@ def test_imagenet_parameters_equal_torchvision(depth):
   assert count_params(model(depth=depth)) == TORCHVISION_PARAMS[depth]
 
 
-@pytest.mark.parametrize("depth", sorted(TABLE1_GMACS))
+@pytest.mark.parametrize("depth", sorted(paper.TABLE1_GFLOPS))
 def test_imagenet_multiply_adds_match_table_1(depth):
   gmacs = total_macs(model(depth=depth), 224) / 1e9
-  assert abs(gmacs - TABLE1_GMACS[depth]) / TABLE1_GMACS[depth] < 0.05
+  assert abs(gmacs - paper.TABLE1_GFLOPS[depth]) / paper.TABLE1_GFLOPS[depth] < 0.05
   assert round(gmacs, 3) == EXACT_GMACS_V1[depth]
 
 
@@ -91,11 +90,11 @@ def test_v1_5_moves_the_stride_to_the_3x3_at_equal_parameters(depth):
   assert round(total_macs(v15, 224) / 1e9, 3) == EXACT_GMACS_V15[depth]
 
 
-@pytest.mark.parametrize("depth", sorted(TABLE6_MPARAMS))
+@pytest.mark.parametrize("depth", sorted(paper.TABLE6_MPARAMS))
 def test_cifar_parameters_match_table_6(depth):
   params = count_params(model(depth=depth, dataset="cifar"))
   assert params == EXACT_CIFAR_PARAMS[depth]
-  assert round(params / 1e6, 2 if params < 1e6 else 1) == TABLE6_MPARAMS[depth]
+  assert round(params / 1e6, 2 if params < 1e6 else 1) == paper.TABLE6_MPARAMS[depth]
 
 
 @pytest.mark.parametrize("depth", sorted(CIFAR_MMACS))

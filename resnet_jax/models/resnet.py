@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from resnet_jax import paper
 from resnet_jax.errors import ConfigError
 from resnet_jax.models.blocks import (
     SHORTCUT_OPTIONS,
@@ -32,7 +33,6 @@ IMAGENET_STAGES = {
 }
 IMAGENET_WIDTHS = (64, 128, 256, 512)
 CIFAR_WIDTHS = (16, 32, 64)  # on 32x32, 16x16 and 8x8 maps
-CIFAR_PAPER_DEPTHS = (20, 32, 44, 56, 110, 1202)
 
 DATASETS = ("imagenet", "cifar")
 VARIANTS = ("v1", "v1.5", "v2")
@@ -88,7 +88,7 @@ class ModelConfig:
         isinstance(self.depth, int) and self.depth >= 8 and (self.depth - 2) % 6 == 0
     ):
       raise ConfigError(
-          f"a CIFAR ResNet has depth 6n+2 with n >= 1 (the paper's: {_listing(CIFAR_PAPER_DEPTHS)});"
+          f"a CIFAR ResNet has depth 6n+2 with n >= 1 (the paper's: {_listing(paper.CIFAR_DEPTHS)});"
           f" {self.depth!r} is not of that form"
       )
     if self.shortcut is None:

@@ -19,10 +19,10 @@ import jax.numpy as jnp
 from clu import parameter_overview
 from flax import nnx
 
+from resnet_jax import paper
 from resnet_jax.models.blocks import SHORTCUT_OPTIONS
 from resnet_jax.models.flops import count_params, module_macs
 from resnet_jax.models.resnet import (
-    CIFAR_PAPER_DEPTHS,
     DATASETS,
     DTYPES,
     IMAGENET_STAGES,
@@ -31,11 +31,6 @@ from resnet_jax.models.resnet import (
     ResNet,
     build_model,
 )
-
-# The paper's figures, printed beside ours: Table 1 FLOPs (x 10^9) and Table 6 parameters (M).
-PAPER_IMAGENET_GFLOPS = {18: 1.8, 34: 3.6, 50: 3.8, 101: 7.6, 152: 11.3}
-PAPER_CIFAR_MPARAMS = {20: 0.27, 32: 0.46, 44: 0.66, 56: 0.85, 110: 1.7, 1202: 19.4}
-
 
 @dataclasses.dataclass(frozen=True)
 class StageRow:
@@ -72,9 +67,9 @@ def paper_figure(config: ModelConfig) -> tuple[str, str] | None:
   if config.plain or config.variant != "v1":
     return None
   if config.dataset == "imagenet" and config.shortcut == "B":
-    return "Table 1", f"{PAPER_IMAGENET_GFLOPS[config.depth]} x 10^9 FLOPs (multiply-adds)"
-  if config.dataset == "cifar" and config.shortcut == "A" and config.depth in PAPER_CIFAR_MPARAMS:
-    return "Table 6", f"{PAPER_CIFAR_MPARAMS[config.depth]}M parameters"
+    return "Table 1", f"{paper.TABLE1_GFLOPS[config.depth]} x 10^9 FLOPs (multiply-adds)"
+  if config.dataset == "cifar" and config.shortcut == "A" and config.depth in paper.TABLE6_MPARAMS:
+    return "Table 6", f"{paper.TABLE6_MPARAMS[config.depth]}M parameters"
   return None
 
 
@@ -110,7 +105,7 @@ def format_summary(model: ResNet, image_size: int) -> str:
 def model_table() -> str:
   """The networks of Table 1 (option B) and Table 6 (option A), as a markdown table."""
   configs = [ModelConfig(depth=d, dataset="imagenet") for d in IMAGENET_STAGES]
-  configs += [ModelConfig(depth=d, dataset="cifar") for d in CIFAR_PAPER_DEPTHS]
+  configs += [ModelConfig(depth=d, dataset="cifar") for d in paper.CIFAR_DEPTHS]
   lines = [
       "| network | block | blocks per stage | params | multiply-adds | paper |",
       "|---|---|---|---|---|---|",
