@@ -43,7 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
       eval_resize=256,  # streamed: shorter side before the eval crop(s)
       eval_view="center",  # streamed: 'center', '10crop' or 'multiscale' (Table 4)
       eval_scales=(224, 256, 384, 480, 640),  # multiscale: the shorter sides, whole image + mirror
-      # streamed: 'tensorflow' (decodes and resizes only the crop's window; fast) or 'pil' (torchvision's
+      # streamed: 'tensorflow' (torchvision's crops of TensorFlow's antialiased resize) or 'pil' (torchvision's
       # Resize + CenterCrop/TenCrop to the pixel, for scoring torchvision weights as their authors did)
       eval_resampler="tensorflow",
       # In memory: 'pixel_mean' or 'channel_mean_std' of the training split; streamed: ImageNet's

@@ -330,7 +330,7 @@ EVAL_RESAMPLERS = ("tensorflow", "pil")
 def views_function(kind: str, resize: int, crop: int, scales: tuple[int, ...] = (),
                    resampler: str = "tensorflow") -> Callable[[tf.Tensor], Any]:
   """The eval views of one example, by name: 'center', '10crop' or 'multiscale'; resampled by
-  TensorFlow (decoding only the crop's window) or, 'pil', exactly as torchvision's transforms."""
+  TensorFlow or, 'pil', by PIL exactly as torchvision's transforms."""
   if resampler not in EVAL_RESAMPLERS:
     raise ConfigError(f"unknown eval_resampler {resampler!r}; valid: {', '.join(EVAL_RESAMPLERS)}")
   if resampler == "pil":
