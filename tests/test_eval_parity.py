@@ -33,8 +33,9 @@ def photos(tmp_path_factory) -> list[pathlib.Path]:
   """The three photographs and 9 crops of them (portrait, landscape, square; 280-500 px), as JPEG and PNG."""
   folder = tmp_path_factory.mktemp("photos")
   rng = np.random.default_rng(0)
-  paths = shipped_photos()
-  for i, path in enumerate(shipped_photos()):
+  originals = shipped_photos()
+  paths = list(originals)
+  for i, path in enumerate(originals):
     image = Image.open(path).convert("RGB")
     for j, (width, height) in enumerate([(280, 420), (500, 300), (333, 333)]):
       left, top = rng.integers(0, image.width - width + 1), rng.integers(0, image.height - height + 1)
