@@ -18,8 +18,10 @@ EXTRAS ?=
 # The stamp names the Python and the extras, so changing either rebuilds the venv.
 STAMP := $(VENV)/.installed-$(PYTHON_VERSION)$(EXTRAS:%=-%)
 UV_VERSION := 0.13.9
-# Two workers fit the 2-core CI machine; set PYTEST_WORKERS=auto on a bigger one.
+# Two workers fit the 2-core CI machine; set PYTEST_WORKERS=auto on a bigger one. Tests sharing an
+# expensive fixture (a trained run, a sweep) name an xdist_group and run on one worker.
 PYTEST_WORKERS ?= 2
+PYTEST = $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 # The first line of every target: which interpreter and stack this run uses.
 SAY_STACK = @$(PY) -c 'import sys, importlib.metadata as m; print(f"Python {sys.version.split()[0]} ({sys.executable}),", ", ".join(f"{p} {m.version(p)}" for p in ("jax", "jaxlib", "flax")))'
 
@@ -41,18 +43,18 @@ $(STAMP): requirements.lock pyproject.toml
 DEMO_DIR ?= runs/demo
 demo: $(STAMP)
 	$(SAY_STACK)
-	$(PY) -m resnet_jax.models.summary --dataset cifar --depth 20 --input-channels 1
+	$(PY) -m resnet_jax.models.summary --dataset=cifar --depth=20 --input_channels=1
 	$(PY) -m resnet_jax.main --config=configs/mnist_demo.py --workdir=$(DEMO_DIR)
-	$(PY) -m resnet_jax.plot $(DEMO_DIR) --output=$(DEMO_DIR)/curves.png --title="ResNet-20 on 5,000 MNIST digits"
+	$(PY) -m resnet_jax.tools.plot $(DEMO_DIR) --output=$(DEMO_DIR)/curves.png --title="ResNet-20 on 5,000 MNIST digits"
 
 test: $(STAMP)
 	$(SAY_STACK)
-	$(PY) -m pytest -n $(PYTEST_WORKERS) tests
+	$(PYTEST) tests
 
 # The suite without its slow tests (training processes, the largest networks): the edit-test loop.
 test-fast: $(STAMP)
 	$(SAY_STACK)
-	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not slow and not torch" tests
+	$(PYTEST) -m "not slow and not torch" tests
 
 # The tests that compare with PyTorch (skipped by `make test` without torch), after installing it in
 # the venv with pip, which on Python 3.11 here takes the CPU build from local disk (uv would download
@@ -61,13 +63,13 @@ TORCH ?= torch==2.13.0
 test-torch: $(STAMP)
 	$(SAY_STACK)
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pytest -n $(PYTEST_WORKERS) -m torch tests
+	$(PYTEST) -m torch tests
 
 # A few minutes' check of a second stack (CI runs it on Python 3.11): the CPU reproducers, the
 # paper's counts, and the demo trained and evaluated for 20 steps.
 smoke: $(STAMP)
 	$(SAY_STACK)
-	$(PY) -m pytest -n $(PYTEST_WORKERS) tests/test_cpu_workaround.py tests/test_models.py -k "workaround or parameters or multiply_adds"
+	$(PYTEST) tests/test_cpu_workaround.py tests/test_models.py -k "workaround or parameters or multiply_adds"
 	rm -rf $(VENV)/smoke-run
 	$(PY) -m resnet_jax.main --config=configs/mnist_demo.py:steps=20 --workdir=$(VENV)/smoke-run
 

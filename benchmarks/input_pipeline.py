@@ -18,7 +18,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from resnet_jax.data import augment, stream
+from resnet_jax.data import augment, streamed
 
 
 def make_folder(root: pathlib.Path, count: int) -> None:
@@ -50,11 +50,11 @@ def main() -> None:
   with tempfile.TemporaryDirectory() as tmp:
     root = pathlib.Path(tmp)
     make_folder(root, args.images)
-    source = stream.FolderSource(str(root), "train")
+    source = streamed.FolderSource(str(root), "train")
     size_kb = np.mean([pathlib.Path(p).stat().st_size for p in source.paths]) / 1024
     baseline = lambda b, s: {"image": augment.quantize(tf.image.resize_with_crop_or_pad(
         augment.resize_shorter_side(augment.decode(b), 256), 224, 224))}
-    train = lambda function: stream.train_stream(source, args.batch, function, seed=0)
+    train = lambda function: streamed.train_stream(source, args.batch, function, seed=0)
     # Eval views ride the endless train stream (same reading, no per-pass rebuild of the dataset).
     evaluate = lambda views: train(lambda b, s: {"image": augment.quantize(views(b))})
     pipelines = {
@@ -63,10 +63,10 @@ def main() -> None:
         "train: inception (random-resized crop, flip)": (train, functools.partial(augment.inception_train, antialias=False)),
         "train: paper, antialiased resize": (train, augment.paper_train),
         "train: inception, antialiased resize": (train, augment.inception_train),
-        "eval: center crop": (evaluate, stream.views_function("center", 256, 224)),
-        "eval: 10-crop (10 views an image)": (evaluate, stream.views_function("10crop", 256, 224)),
+        "eval: center crop": (evaluate, streamed.views_function("center", 256, 224)),
+        "eval: 10-crop (10 views an image)": (evaluate, streamed.views_function("10crop", 256, 224)),
         "eval: multi-scale (5 scales x 2 flips)": (
-            evaluate, stream.views_function("multiscale", 0, 0, (224, 256, 384, 480, 640))),
+            evaluate, streamed.views_function("multiscale", 0, 0, (224, 256, 384, 480, 640))),
     }
     print(f"{len(source)} JPEGs of 500x375, mean {size_kb:.0f} KB; {cores} CPU cores; batch {args.batch}")
     print(f"{'pipeline':48s} {'images/s':>10s} {'per core':>10s} {'vs baseline':>12s}")

@@ -28,7 +28,7 @@ def jax_worker(depth: int, batch: int, size: int, steps: int, warmup: int) -> No
 
   import jax
 
-  from resnet_jax.benchmark import compile_step, synthetic_batch, synthetic_inputs, time_steps
+  from resnet_jax.tools.benchmark import compile_step, synthetic_batch, synthetic_inputs, time_steps
   from resnet_jax.experiment import setup
 
   spec = importlib.util.spec_from_file_location("imagenet", ROOT / "configs/imagenet.py")
@@ -54,7 +54,7 @@ def torch_worker(depth: int, batch: int, size: int, steps: int, warmup: int, cha
   import torch
   import torch.nn.functional as F
 
-  from resnet_jax.torch_resnet import resnet
+  from resnet_jax.tools.torch_resnet import resnet
 
   torch.manual_seed(0)
   model = resnet(depth).train()

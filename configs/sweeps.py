@@ -1,9 +1,9 @@
 """Named sweeps: a config file, a grid of its arguments (each combination is one run) and,
 optionally, config settings for every run.
 
-  python -m resnet_jax.sweep --sweep=cifar10_depths --root=runs/cifar10_depths
-  python -m resnet_jax.plot runs/cifar10_depths --output=runs/cifar10_depths/figure6.png
-  python -m resnet_jax.table runs/cifar10_depths
+  python -m resnet_jax.tools.sweep --sweep=cifar10_depths --root=runs/cifar10_depths
+  python -m resnet_jax.tools.plot runs/cifar10_depths --output=runs/cifar10_depths/figure6.png
+  python -m resnet_jax.tools.table runs/cifar10_depths
 
 cifar10_depths: Table 6 and Figure 6 (plain-20/32/44/56 training error grows with depth; ResNets'
   falls), 10 runs of 64k iterations (about 164 epochs) each; needs tfds's cifar10.

@@ -13,6 +13,7 @@ the batch an uninterrupted run would have drawn. What this module guarantees on 
   (kept for inspection, and so the step is written again) and the one before it is used.
 - A checkpoint of another network (depth, classes, EMA on/off) is named as such, not as damage.
 Readers (the evaluate command) open the directory read-only: they never delete or move anything.
+`weights_from_run` and `weights_from_directory` load the weights to score.
 """
 
 import datetime
@@ -31,11 +32,11 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from resnet_jax import rundir
 from resnet_jax.errors import CheckpointError, ConfigError, TrainingDiverged
 
 BEST_METRIC = "top1"
 MANIFEST = "manifest.sha256"
-UNREADABLE = "unreadable_checkpoints"  # beside checkpoints/ in the workdir
 _MANIFEST_LINE = re.compile(r"([0-9a-f]{64})  (\S.*)")
 
 
@@ -55,7 +56,7 @@ class Checkpoints:
           keep_checkpoints_without_metrics=False,
       ))
     self.read_only = read_only
-    self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+    self.directory = pathlib.Path(workdir).absolute() / rundir.CHECKPOINTS
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
@@ -155,7 +156,7 @@ class Checkpoints:
       return candidate, restored.state, dict(restored.data)
     self._reload_after_moving(unreadable)
     if candidates:
-      moved = "" if self.read_only else f"; moved to {self.directory.parent / UNREADABLE} for inspection"
+      moved = "" if self.read_only else f"; moved to {self.directory.parent / rundir.UNREADABLE_CHECKPOINTS} for inspection"
       raise CheckpointError(f"no readable checkpoint in {self.directory} (tried steps {candidates}{moved}). "
                             f"Rerun the same command to start the run again from step 0.")
     return None
@@ -163,7 +164,7 @@ class Checkpoints:
   def _move_aside(self, step: int) -> None:
     if self.read_only or jax.process_index() != 0:
       return
-    aside = self.directory.parent / UNREADABLE
+    aside = self.directory.parent / rundir.UNREADABLE_CHECKPOINTS
     aside.mkdir(exist_ok=True)
     target = aside / f"{step}_{datetime.datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
     os.replace(self.directory / str(step), target)
@@ -249,12 +250,12 @@ def _check_structure(step: int, saved: Any, abstract_state: Any) -> None:
 
 def restore_weights(directory: str | pathlib.Path, abstract_weights: dict) -> dict:
   """Reads only the weights (e.g. {"params", "batch_stats"}) from the `state` item of a checkpoint
-  directory: one step of a run's checkpoints, or what `resnet_jax.convert` writes. Its manifest,
+  directory: one step of a run's checkpoints, or what `resnet_jax.tools.convert` writes. Its manifest,
   when it has one, is verified first."""
   path = pathlib.Path(directory).absolute() / "state"
   if not path.is_dir():
     raise CheckpointError(f"{directory} holds no checkpoint (no state/ inside); give a run's "
-                          f"checkpoints/STEP directory or the output of python -m resnet_jax.convert")
+                          f"checkpoints/STEP directory or the output of python -m resnet_jax.tools.convert")
   try:
     verify_manifest(path.parent)
   except CorruptCheckpoint as error:
@@ -293,6 +294,34 @@ def _shapes(tree: Any, parts: tuple[str, ...] | None = None) -> dict[str, tuple[
     return "/".join(_key_name(key) for key in path)
   return {name(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
           if path and (parts is None or name(path[:1]) in parts)}
+
+
+def weights_from_run(experiment: Any, workdir: str, step: int | None = None) -> tuple[int, list]:
+  """(step, [(name, params, batch_stats)]) of a run's checkpoint `step` (default: the newest
+  readable): the live weights, and the EMA's when the run keeps one."""
+  if not (pathlib.Path(workdir) / rundir.CHECKPOINTS).is_dir():
+    raise CheckpointError(f"no checkpoints in {workdir}; train first with python -m resnet_jax.main")
+  config = experiment.config
+  # Read-only: the run may be training right now, and its in-progress save must stay untouched.
+  checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints, keep_best=config.keep_best, read_only=True)
+  try:
+    state, step, _ = experiment.restore(checkpoints, step)
+  finally:
+    checkpoints.close()
+  if step == 0:
+    raise CheckpointError(f"no checkpoint in {checkpoints.directory} yet; the run has not saved one")
+  scored = [("live", state.params, state.batch_stats)]
+  if state.ema_params is not None:
+    scored.append(("ema", state.ema_params, state.batch_stats))
+  return step, scored
+
+
+def weights_from_directory(experiment: Any, directory: str) -> tuple[int, list]:
+  """A run's checkpoints/STEP directory (its step is the name) or a converted one (step 0)."""
+  abstract = experiment.abstract_state()
+  weights = restore_weights(directory, {"params": abstract.params, "batch_stats": abstract.batch_stats})
+  name = pathlib.Path(directory).name
+  return (int(name) if name.isdigit() else 0), [("live", weights["params"], weights["batch_stats"])]
 
 
 class PreemptionWatch:

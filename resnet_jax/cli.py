@@ -1,21 +1,30 @@
-"""How the commands start and fail: flags parsed with config-file errors reduced to one line, and a
-user's mistake (`errors.UserError`) printed as one `error:` line with exit status 1. Any other
-exception is a bug and keeps its traceback."""
+"""How every command starts and fails.
 
-import functools
+A command is `main(argv)`, argv being its arguments without the program name. It defines its flags
+afresh on each call (`parse`), so a notebook or a test can drive it in-process, twice if it likes;
+a library module defines none. From the shell (`run`), a user's mistake (`errors.UserError`) ends
+the command with one `error:` line and exit status 1, and a bad flag or config with one line and
+status 2. Any other exception is a bug and keeps its traceback.
+"""
+
+import faulthandler
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from absl import app, flags
+from absl import flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
 
 from resnet_jax.errors import UserError
 
+Command = Callable[[Sequence[str] | None], None]
 
-def fail(message: str) -> None:
-  """Ends the command with one `error:` line and exit status 1."""
+
+def fail(message: str, status: int = 1) -> None:
+  """Ends the command with one `error:` line."""
   print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.exit(1)
+  sys.exit(status)
 
 
 def _flag_error(error: Exception) -> str:
@@ -38,26 +47,49 @@ def _flag_error(error: Exception) -> str:
   return message if separator and kind.endswith("Error") and " " not in kind else lines[-1]
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with a bad config file, argument or override as one error line."""
+def parse(argv: Sequence[str] | None, define: Callable[[flags.FlagValues], None], usage: str,
+          positional: tuple[int, int | None] = (0, 0), config: bool = False) -> tuple[flags.FlagValues, list[str]]:
+  """A command's flags, defined by `define` into a fresh set, parsed from `argv` (default: the
+  process's arguments); returns them and the positional arguments, of which `positional` gives the
+  (least, most) allowed. `config` adds the required `--config=FILE[:ARGUMENTS]` and its
+  `--config.FIELD=VALUE` overrides. A bad flag, config file or override ends the command with one
+  line; --help prints `usage` and the flags."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  values = flags.FlagValues()
+  if config:  # ml_collections finds the override flags in the arguments it is given here
+    config_flags.DEFINE_config_file("config", None, "config file[:arguments]", flag_values=values,
+                                    lock_config=True, sys_argv=[sys.argv[0], *argv])
+    flags.mark_flag_as_required("config", flag_values=values)
+  define(values)
+  values.append_flag_values(flags.FLAGS)  # absl's logging flags (--verbosity, --logtostderr, ...)
+  if "--help" in argv or "-h" in argv:
+    print(f"{usage.strip()}\n\nflags:\n{values.get_help(include_special_flags=False)}")
+    sys.exit(0)
   try:
-    remaining = flags.FLAGS(argv)
-    if "config" in flags.FLAGS and flags.FLAGS["config"].present:
-      flags.FLAGS.config.get("seed")  # a config file that failed to load raises only when read
+    arguments = values([sys.argv[0], *argv])[1:]
+    if config:
+      values.config.get("seed")  # a config file that failed to load raises only when read
   except (flags.Error, KeyError, AttributeError, OSError) as error:
-    print(f"error: {_flag_error(error)}", file=sys.stderr, flush=True)
-    sys.exit(2)
-  return remaining
+    fail(_flag_error(error), status=2)
+  least, most = positional
+  if not least <= len(arguments) <= (len(arguments) if most is None else most):
+    example = next((line.strip() for line in usage.splitlines() if "python -m" in line), "--help")
+    problem = f"unexpected arguments {arguments}" if len(arguments) > least else "missing arguments"
+    fail(f"{problem}; usage: {example}", status=2)
+  flags.FLAGS.mark_as_parsed()
+  return values, arguments
 
 
-def call(main: Callable[[list[str]], None], argv: list[str]) -> None:
-  """Runs a command's main: a `UserError` ends it with one line, anything else propagates."""
+def run(main: Command) -> None:
+  """Runs a command from the shell (its console script or `python -m`): absl's log format on
+  stderr, and a `UserError` as one line."""
   try:
-    main(argv)
+    faulthandler.enable()  # a crash in native code still prints the Python stack
+  except (OSError, ValueError):  # stderr is not a file (captured, as under pytest)
+    pass
+  absl_logging.use_absl_handler()
+  absl_logging.set_verbosity(absl_logging.INFO)  # absl's default; --verbosity changes it
+  try:
+    main(None)
   except UserError as error:
     fail(str(error))
-
-
-def run(main: Callable[[list[str]], None]) -> None:
-  """`app.run(main)` for a command: flag errors and `UserError`s end it with one line."""
-  app.run(functools.partial(call, main), flags_parser=parse_flags)

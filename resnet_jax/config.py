@@ -5,20 +5,20 @@ ml_collections field references, so `--config.batch_size=1024` also rescales the
 """
 
 import ast
+import dataclasses
+import re
 
 import ml_collections
 
 from resnet_jax.errors import ConfigError
+from resnet_jax.models.resnet import ModelConfig
 
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.model = ml_collections.ConfigDict(dict(
-      depth=20, dataset="cifar", shortcut="A", plain=False, variant="v1", zero_init_residual=False,
-      num_classes=10, input_channels=3, dtype="float32", bn_momentum=0.9, bn_epsilon=1e-5,
-      bn_group_size=0, bn_unbiased_running_var=True,
-  ))
+  # ModelConfig's defaults (the paper's), for the network the base data fits: CIFAR ResNet-20.
+  c.model = ml_collections.ConfigDict(dataclasses.asdict(ModelConfig(depth=20, dataset="cifar")))
   c.data = ml_collections.ConfigDict(dict(
       # In memory: 'tfds' (a small prepared tfds set) or 'mnist_bundled'.
       # Streamed from disk: 'folder' (data_dir/<split>/<class>/*.JPEG).
@@ -36,6 +36,12 @@ def base_config() -> ml_collections.ConfigDict:
       augmentation="crop_flip",
       pad=4,
       lighting_std=0.1,
+      # streamed 'paper': the shorter side's range before the crop; () = Sec. 3.4's [256, 480] scaled
+      # by image_size / 224, so that a crop covers the same share of the image at any resolution.
+      scale_range=(),
+      # streamed 'inception': the crop's share of the image area and its aspect ratio (Szegedy et al.)
+      crop_area=(0.08, 1.0),
+      crop_aspect=(3 / 4, 4 / 3),
       image_size=224,  # the side of a train image (streamed: the train and eval crop)
       # streamed: antialiased resizing of train crops; off (bilinear, as the Flax and TPU reference
       # pipelines) doubles the images/s a core makes. Eval views are always antialiased.
@@ -50,6 +56,9 @@ def base_config() -> ml_collections.ConfigDict:
       # 'channel_mean_std' or 'channel_mean'.
       normalization="pixel_mean",
   ))
+  # Named evaluations beyond data.eval_split, name -> split, scored whenever it is (e.g. CIFAR's
+  # validation split and its test set); logged as eval_NAME/top1 etc.
+  c.evals = ml_collections.ConfigDict()
   c.batch_size = 128
   # Linear scaling: the peak learning rate is base_learning_rate x batch_size / base_batch_size,
   # unless --config.schedule.learning_rate sets it outright.
@@ -115,6 +124,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
       ok = False
     if not ok:
       raise ConfigError(f"{field}={value!r} is invalid: it must be {requirement} (--config.{field}=...)")
+  for name, split in config.evals.items():
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or not isinstance(split, str) or not split:
+      raise ConfigError(f"evals.{name}={split!r} is invalid: each named evaluation is a lower-case name "
+                        f"(letters, digits, _) mapped to a split, e.g. c.evals.test = 'test'")
 
 
 def parse_arguments(argument: str | None, defaults: dict) -> dict:

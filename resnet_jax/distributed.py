@@ -21,18 +21,27 @@ from absl import logging as absl_logging
 
 from resnet_jax.errors import ConfigError
 
-_MODE = flags.DEFINE_enum(
-    "distributed", "auto", ["auto", "on", "off"],
-    "auto: start JAX's distributed runtime when the flags, the JAX_* variables or the cluster "
-    "(SLURM srun, Open MPI, GKE TPU) say there are several processes; on: always (Cloud TPU pods); "
-    "off: never",
-)
-_COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "host:port of process 0's coordinator (or JAX_COORDINATOR_ADDRESS)")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in the run (or JAX_NUM_PROCESSES)")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index, 0-based (or JAX_PROCESS_ID)")
-_HEARTBEAT = flags.DEFINE_integer(
-    "heartbeat_timeout", 100, "seconds of silence after which a process counts as dead and the others stop")
+
+def define_flags(values: flags.FlagValues) -> None:
+  """The flags of a command that may run over several processes (read back by `flag_settings`)."""
+  flags.DEFINE_enum(
+      "distributed", "auto", ["auto", "on", "off"],
+      "auto: start JAX's distributed runtime when the flags, the JAX_* variables or the cluster "
+      "(SLURM srun, Open MPI, GKE TPU) say there are several processes; on: always (Cloud TPU pods); "
+      "off: never", flag_values=values)
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0's coordinator (or JAX_COORDINATOR_ADDRESS)",
+                      flag_values=values)
+  flags.DEFINE_integer("num_processes", None, "processes in the run (or JAX_NUM_PROCESSES)", flag_values=values)
+  flags.DEFINE_integer("process_id", None, "this process's index, 0-based (or JAX_PROCESS_ID)", flag_values=values)
+  flags.DEFINE_integer("heartbeat_timeout", 100,
+                       "seconds of silence after which a process counts as dead and the others stop", flag_values=values)
+
+
+def flag_settings(values: flags.FlagValues) -> dict[str, Any]:
+  """`initialize`'s arguments from a command's parsed `define_flags`."""
+  return dict(mode=values.distributed, coordinator_address=values.coordinator_address,
+              num_processes=values.num_processes, process_id=values.process_id,
+              heartbeat_timeout=values.heartbeat_timeout)
 
 
 def cluster_process_count(env: Mapping[str, str]) -> int:
@@ -74,14 +83,17 @@ def initialize_arguments(
               heartbeat_timeout_seconds=heartbeat_timeout)
 
 
-def initialize() -> None:
-  """Starts the distributed runtime if the flags and the environment call for it (see the module)."""
-  arguments = initialize_arguments(
-      _MODE.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, os.environ, _HEARTBEAT.value)
+def initialize(mode: str = "auto", coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, heartbeat_timeout: int = 100) -> None:
+  """Starts the distributed runtime if the arguments and the environment call for it (see the
+  module); a no-op when it is running already (a second command in one process)."""
+  arguments = initialize_arguments(mode, coordinator_address, num_processes, process_id, os.environ, heartbeat_timeout)
   if arguments is None:
     return
   import jax
 
+  if jax.distributed.is_initialized():
+    return
   try:
     jax.distributed.initialize(**arguments)
   except (ValueError, RuntimeError, TypeError) as error:

@@ -14,9 +14,9 @@ import os
 import pathlib
 import socket
 
+from resnet_jax import rundir
 from resnet_jax.errors import ConfigError, WorkdirInUse
 
-LOCK_FILE = "LOCK"
 
 
 def _start_time(pid: int) -> str | None:
@@ -50,7 +50,7 @@ class WorkdirLock:
 
   def __init__(self, workdir: str | pathlib.Path):
     self.workdir = pathlib.Path(workdir)
-    self.path = self.workdir / LOCK_FILE
+    self.path = self.workdir / rundir.LOCK
     self.held = False
 
   def acquire(self) -> None:

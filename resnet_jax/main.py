@@ -8,39 +8,42 @@ several processes starts every process with the same command (see launch/ and di
 
 import os
 import sys
+from collections.abc import Sequence
+from typing import Any
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
 from resnet_jax import cli, distributed
 from resnet_jax.reporting import quiet_libraries
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "config file[:arguments]", lock_config=True)
-flags.DEFINE_string("workdir", None, "directory for checkpoints, logs and results")
-flags.mark_flags_as_required(["config", "workdir"])
+
+def define_flags(values: flags.FlagValues) -> None:
+  flags.DEFINE_string("workdir", None, "directory for checkpoints, logs and results", flag_values=values)
+  flags.mark_flags_as_required(["workdir"], flag_values=values)
+  distributed.define_flags(values)
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  """Trains the run the flags describe; returns `train_and_evaluate`'s outcome."""
+  args, _ = cli.parse(argv, define_flags, __doc__, config=True)
   quiet_libraries()
   import jax
 
   from resnet_jax.train import train_and_evaluate
 
   try:
-    distributed.initialize()
-    outcome = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    distributed.initialize(**distributed.flag_settings(args))
+    outcome = train_and_evaluate(args.config, args.workdir)
   except jax.errors.JaxRuntimeError as error:
     if jax.process_count() == 1:
       raise
-    _stop_after_lost_process(error)
+    _stop_after_lost_process(error, args.workdir)
   if outcome["preempted"] and jax.process_index() == 0:
     print(f"preempted at step {outcome['step']}; checkpoint saved. Rerun the same command to resume.")
+  return outcome
 
 
-def _stop_after_lost_process(error: Exception) -> None:
+def _stop_after_lost_process(error: Exception, workdir: str) -> None:
   """Ends this process when a collective with the others failed, which means one of them died.
 
   It exits at once: JAX's shutdown at exit would wait at a barrier for the dead process and then
@@ -49,7 +52,7 @@ def _stop_after_lost_process(error: Exception) -> None:
   message = (
       f"error: a collective with the other processes failed ({str(error).splitlines()[0][:300]}); "
       f"another process of this run has probably died, see its log. The checkpoints in "
-      f"{os.path.join(FLAGS.workdir, 'checkpoints')} are intact: start the same command on every "
+      f"{os.path.join(workdir, 'checkpoints')} are intact: start the same command on every "
       f"process to resume."
   )
   print(message, file=sys.stderr, flush=True)

@@ -1,30 +1,27 @@
-"""Where metrics go: clu writers (TensorBoard event files and log lines) plus a JSON-lines copy for
-scripts, written by process 0 only."""
+"""Where a run's metrics go while it trains: clu writers (TensorBoard event files and log lines)
+plus the run directory's JSON-lines copy for scripts, written by process 0 only; and how often the
+loops read metrics back from the devices."""
 
 import json
 import logging
-import os
-import pathlib
 from collections.abc import Mapping
 
 import jax
 import numpy as np
+
+from resnet_jax import rundir
 
 
 class Reporter:
   def __init__(self, workdir: str):
     from clu import metric_writers  # imports TensorFlow: only where metrics are written
 
+    self.workdir = workdir
     self.is_writer = jax.process_index() == 0
     self.writer = metric_writers.create_default_writer(
         workdir, just_logging=not self.is_writer, asynchronous=True
     )
-    self.jsonl = pathlib.Path(workdir) / "metrics.jsonl"
-    if self.is_writer and self.jsonl.exists() and self.jsonl.stat().st_size:
-      with self.jsonl.open("rb+") as f:  # a line cut short by a crash stays apart from the resumed run's
-        f.seek(-1, os.SEEK_END)
-        if f.read(1) != b"\n":
-          f.write(b"\n")
+    self.jsonl = rundir.start_metrics(workdir) if self.is_writer else None
 
   def scalars(self, step: int, values: Mapping[str, float]) -> None:
     values = {name: float(value) for name, value in values.items()}
@@ -37,41 +34,13 @@ class Reporter:
     self.writer.write_hparams(values)
 
   def config(self, config: Mapping) -> None:
-    """The run's whole config as `config.json`, for the plot and table commands (and for people)."""
+    """The run's whole config, for the plot and table commands (and for people)."""
     if self.is_writer:
-      write_atomically(self.jsonl.parent / "config.json", json.dumps(config, indent=2, default=str) + "\n")
+      rundir.write_config(self.workdir, config)
 
   def close(self) -> None:
     self.writer.flush()
     self.writer.close()
-
-
-def read_metrics(path: str | pathlib.Path) -> list[dict]:
-  """The JSON-lines copy of a run's metrics, in order; a line cut short by a crash is skipped."""
-  records = []
-  for number, line in enumerate(pathlib.Path(path).read_text().splitlines(), start=1):
-    try:
-      records.append(json.loads(line))
-    except ValueError:
-      if line:
-        logging.warning("%s line %d is damaged (a crash while writing it?); skipped", path, number)
-  return records
-
-
-def write_atomically(path: pathlib.Path, text: str) -> None:
-  """Writes a whole file or nothing: a crash never leaves one half written."""
-  temporary = path.with_name(f".{path.name}.tmp")
-  temporary.write_text(text)
-  os.replace(temporary, path)
-
-
-def read_record(path: pathlib.Path) -> dict | None:
-  """An evaluation record (eval/*.json), or None with a warning when it cannot be read."""
-  try:
-    return json.loads(path.read_text())
-  except (OSError, ValueError) as error:
-    logging.warning("skipping the unreadable evaluation record %s (%s)", path, error)
-    return None
 
 
 # The CPU backend deadlocks with ~30 collective steps queued: the trainer and the evaluator read

@@ -13,10 +13,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from resnet_jax import sharding
+from resnet_jax import rundir, sharding
 from resnet_jax.checkpoint import Checkpoints, PreemptionWatch
 from resnet_jax.errors import ConfigError, TrainingDiverged
-from resnet_jax.evaluate import describe, evaluate, write_record
+from resnet_jax.evaluation import describe, evaluate
 from resnet_jax.experiment import setup
 from resnet_jax.lock import WorkdirLock
 from resnet_jax.reporting import MAX_STEPS_IN_FLIGHT, Reporter, fetch
@@ -39,15 +39,20 @@ def _mean(window: list[dict[str, float]]) -> dict[str, float]:
   return {f"train/{k}": float(np.mean([m[k] for m in window])) for k in window[0]}
 
 
-def _evaluate_and_report(experiment, state, step, reporter) -> dict[str, float]:
-  results = evaluate(experiment, state.params, state.batch_stats)
-  reporter.scalars(step, {f"eval/{k}": v for k, v in results.items()})
-  logging.info("eval at step %d: %s", step, describe(results))
-  if state.ema_params is not None:
-    ema = evaluate(experiment, state.ema_params, state.batch_stats)
-    reporter.scalars(step, {f"eval_ema/{k}": v for k, v in ema.items()})
-    logging.info("eval (EMA weights) at step %d: %s", step, describe(ema))
-  return results
+def _evaluate_and_report(experiment, state, step, reporter) -> dict[tuple[str | None, str], dict[str, float]]:
+  """Scores the config's eval split and each named evaluation, with the live weights and the EMA's
+  (when kept); logs them all. Returns the results by (evaluation name, weights)."""
+  weights = [("live", state.params)] + ([("ema", state.ema_params)] if state.ema_params is not None else [])
+  evaluations = [(None, experiment.config.data.eval_split), *experiment.config.evals.items()]
+  scored = {}
+  for evaluation, split in evaluations:
+    for name, params in weights:
+      results = evaluate(experiment, params, state.batch_stats, split)
+      prefix = rundir.metric_prefix(evaluation, name)
+      reporter.scalars(step, {f"{prefix}{k}": v for k, v in results.items()})
+      logging.info("%s at step %d (%s): %s", prefix[:-1], step, split, describe(results))
+      scored[evaluation, name] = results
+  return scored
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -92,7 +97,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       hooks.append(periodic_actions.ReportProgress(num_train_steps=total, writer=reporter.writer, every_secs=30))
       if config.profile_steps:
         hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=config.profile_steps))
-    pending, window, results = [], [], None
+    pending, window, scored = [], [], None
     for done in range(start + 1, total + 1):
       state, metrics = step_fn(state, next(batches))
       pending.append(metrics)
@@ -110,25 +115,30 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       if log_now and window:
         reporter.scalars(done, _mean(window))
         window = []
-      results = None
+      scored = None
       if eval_now:
         try:
-          results = _evaluate_and_report(experiment, state, done, reporter)
+          scored = _evaluate_and_report(experiment, state, done, reporter)
         except Exception:
           checkpoints.save(done, state, {"step": done})  # the training done is kept, unscored
           raise
       if save_now or preempted:
-        checkpoints.save(done, state, {"step": done}, metrics={"top1": results["top1"]} if results else None)
+        best_metric = {"top1": scored[None, "live"]["top1"]} if scored else None
+        checkpoints.save(done, state, {"step": done}, metrics=best_metric)
       if preempted:
         logging.warning("preempted: checkpoint %d saved; run the same command to resume", done)
         return {"preempted": True, "step": done}
-    if results is None:  # the run was already complete: report its final numbers again
-      results = _evaluate_and_report(experiment, state, total, reporter)
-    path = write_record(workdir, total, config, results, final=True)
+    if scored is None:  # the run was already complete: report its final numbers again
+      scored = _evaluate_and_report(experiment, state, total, reporter)
+    splits = {None: config.data.eval_split, **config.evals}
+    for (evaluation, weights), results in scored.items():
+      path = rundir.write_record(workdir, total, config, results, weights, final=True, evaluation=evaluation,
+                                 split=splits[evaluation])
+      if jax.process_index() == 0 and weights == "live":
+        print(f"final ({total} steps), {config.data.name} {splits[evaluation]}: {describe(results)}")
     if jax.process_index() == 0:
-      print(f"final ({total} steps), {config.data.name} {config.data.eval_split}: {describe(results)}")
-      print(f"results: {path}; TensorBoard: tensorboard --logdir {workdir}")
-    return {"preempted": False, "step": total, **results}
+      print(f"results: {path.parent}; TensorBoard: tensorboard --logdir {workdir}")
+    return {"preempted": False, "step": total, **scored[None, "live"]}
   finally:
     preemption.restore_handler()
     checkpoints.close()

@@ -13,8 +13,8 @@ import optax
 from flax import nnx
 
 from resnet_jax import sharding
-from resnet_jax.data.pipeline import Normalizer
-from resnet_jax.evaluate import correct_top_k
+from resnet_jax.data.in_memory import Normalizer
+from resnet_jax.evaluation import correct_top_k
 from resnet_jax.experiment import Experiment, TrainState
 
 

@@ -1,5 +1,7 @@
-"""Running the trainer as a user does (`python -m resnet_jax.main` in fresh processes) and reading
-what a run leaves in its workdir; shared by the trainer and multi-host tests.
+"""Running the trainer as a user does, in this process (`main.main`) or, where the process is the
+point (kills, signals, device counts, several processes), as `python -m resnet_jax.main` in a fresh
+one; and reading what a run leaves in its workdir. Shared by the trainer, reliability and
+multi-host tests.
 
 Tiny settings (ResNet-8 on 28x28 MNIST digits, batch 32) keep each run to seconds of training.
 """
@@ -11,16 +13,31 @@ import sys
 
 import numpy as np
 
-from resnet_jax.reporting import read_metrics
+from resnet_jax.rundir import read_metrics
 
 ROOT = pathlib.Path(__file__).parent.parent
-TINY = "configs/mnist_demo.py:depth=8,batch=32,steps={steps}"
+TINY = f"{ROOT}/configs/mnist_demo.py:depth=8,batch=32,steps={{steps}}"
 COMMON = ["--config.eval_batch_size=96", "--config.log_every_steps=1", "--config.eval_every_epochs=0"]
 
 
+def arguments(workdir, steps, *overrides):
+  return [f"--config={TINY.format(steps=steps)}", f"--workdir={workdir}", *COMMON, *overrides]
+
+
 def command(module, workdir, steps, *overrides):
-  return [sys.executable, "-m", module, f"--config={TINY.format(steps=steps)}",
-          f"--workdir={workdir}", *COMMON, *overrides]
+  return [sys.executable, "-m", module, *arguments(workdir, steps, *overrides)]
+
+
+def train_here(workdir, steps, *overrides):
+  """Trains in this process (its one CPU device); returns the outcome `main.main` returns."""
+  from resnet_jax import main
+  return main.main(arguments(workdir, steps, *overrides))
+
+
+def evaluate_here(workdir, steps, *overrides):
+  """The evaluate command in this process; returns the records it wrote."""
+  from resnet_jax import evaluate
+  return evaluate.main(arguments(workdir, steps, *overrides))
 
 
 def environment(devices):
@@ -58,7 +75,7 @@ def read_state(workdir, step=None):
 
 def metrics(workdir):
   """The run's logged metric records, in order."""
-  return read_metrics(pathlib.Path(workdir) / "metrics.jsonl")
+  return read_metrics(workdir)
 
 
 def by_step(workdir, name):

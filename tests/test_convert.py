@@ -5,22 +5,19 @@ CPU torch wheel but no torchvision) a torch model with torchvision's architectur
 names, written below. Tests that need torch are skipped only when torch is missing.
 """
 
-import subprocess
-import sys
-
 import jax
 import numpy as np
 import pytest
-from runs import ROOT
 
-from resnet_jax.convert import ARCHS, convert_state_dict, model_config, torchvision_name
+from resnet_jax.errors import ConfigError
+from resnet_jax.tools.convert import ARCHS, convert_state_dict, model_config, torchvision_name
 
 
 def torch_resnet(arch: str):
   """A randomly initialised torchvision ResNet, with random BN statistics and affine parameters too
   (fresh BN layers are the identity, which would hide a mismatched mapping)."""
   torch = pytest.importorskip("torch")
-  from resnet_jax.torch_resnet import resnet
+  from resnet_jax.tools.torch_resnet import resnet
   torch.manual_seed(0)
   model = resnet(ARCHS[arch])
   with torch.no_grad():
@@ -65,24 +62,24 @@ def test_converted_weights_give_torchvisions_logits(arch):
 
 @pytest.mark.torch
 @pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"])
-def test_convert_command_writes_a_checkpoint_the_evaluator_reads(tmp_path, arch):
+def test_convert_command_writes_a_checkpoint_the_evaluator_reads(tmp_path, arch, capsys):
   torch = pytest.importorskip("torch")
   from resnet_jax.checkpoint import restore_weights
+  from resnet_jax.tools import convert
   model = torch_resnet(arch)
   torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, tmp_path / f"{arch}.pth")
-  command = [sys.executable, "-m", "resnet_jax.convert", "torchvision", f"--arch={arch}",
-             f"--input={tmp_path / f'{arch}.pth'}", f"--output={tmp_path / 'converted'}"]
-  result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert f"python -m resnet_jax.evaluate --config=configs/imagenet.py:depth={ARCHS[arch]}" in result.stdout
+  arguments = ["torchvision", f"--arch={arch}", f"--input={tmp_path / f'{arch}.pth'}",
+               f"--output={tmp_path / 'converted'}"]
+  assert convert.main(arguments) == tmp_path / "converted"
+  assert f"python -m resnet_jax.evaluate --config=configs/imagenet.py:depth={ARCHS[arch]}" in capsys.readouterr().out
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                           convert_state_dict(state_dict_arrays(model), arch))
   weights = restore_weights(tmp_path / "converted", abstract)
   images = np.random.default_rng(1).normal(size=(1, 64, 64, 3)).astype(np.float32)
   expected = torch_logits(model, images)
   np.testing.assert_allclose(our_logits(arch, weights, images), expected, rtol=1e-4, atol=1e-4)
-  again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert again.returncode == 1 and "exists; choose another --output" in again.stderr
+  with pytest.raises(ConfigError, match="exists; choose another --output"):
+    convert.main(arguments)
 
 
 def test_every_array_maps_to_a_distinct_torchvision_name():

@@ -15,7 +15,7 @@ import tensorflow as tf
 from PIL import Image
 
 from resnet_jax.data import augment
-from resnet_jax.data.pipeline import IMAGENET_STD
+from resnet_jax.data.in_memory import IMAGENET_STD
 
 RESIZE, CROP = 256, 224
 
@@ -70,7 +70,7 @@ def torchvision_reference(path: pathlib.Path, ten_crop: bool) -> np.ndarray:
 
 
 def ours(path: pathlib.Path, ten_crop: bool, resampler: str) -> np.ndarray:
-  from resnet_jax.data.stream import views_function
+  from resnet_jax.data.streamed import views_function
   views = views_function("10crop" if ten_crop else "center", RESIZE, CROP, resampler=resampler)
   return augment.quantize(views(tf.constant(path.read_bytes()))).numpy()
 
@@ -121,8 +121,8 @@ def test_a_converted_network_scores_our_views_as_torch_scores_torchvisions(photo
   import jax
   from test_convert import our_logits, state_dict_arrays, torch_logits, torch_resnet
 
-  from resnet_jax.convert import convert_state_dict
-  from resnet_jax.data.pipeline import Normalizer
+  from resnet_jax.tools.convert import convert_state_dict
+  from resnet_jax.data.in_memory import Normalizer
   model = torch_resnet("resnet50")
   weights = convert_state_dict(state_dict_arrays(model), "resnet50")
   normalize = Normalizer.imagenet()

@@ -1,19 +1,22 @@
 """The reproduction tools end to end on the bundled digits: a sweep (skip, resume, failure), the
-Figure 4/6-style plot from its logged metrics, and the results table beside the paper's numbers."""
+Figure 4/6-style plot from its logged metrics, and the results table beside the paper's numbers.
+The tools run in this process; the sweep's training runs are processes of their own, as a user's."""
 
+import contextlib
+import io
 import json
-import pathlib
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from runs import ROOT, environment, losses, metrics, saved_steps
+from runs import losses, metrics, saved_steps
 
-from resnet_jax import plot, table
+from resnet_jax.errors import DataError
+from resnet_jax.tools import plot, sweep as sweep_tool, table
 
-pytestmark = pytest.mark.slow  # subprocesses: `make test-fast` leaves these out
+# The sweep's training processes: `make test-fast` leaves these out. One worker runs them all and
+# the sweep is a session fixture, so it is trained once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("sweep")]
 
 # Two 6-step runs (plain and residual ResNet-8), evaluated at steps 3 and 6.
 GRID = ["--config=configs/mnist_demo.py", "--grid=depth=8", "--grid=plain=False,True", "--grid=batch=32",
@@ -21,17 +24,20 @@ GRID = ["--config=configs/mnist_demo.py", "--grid=depth=8", "--grid=plain=False,
         "--set=config.log_every_steps=1"]
 
 
-def tool(module, *arguments):
-  return subprocess.run([sys.executable, "-m", f"resnet_jax.{module}", *map(str, arguments)], cwd=ROOT,
-                        env=environment(1), capture_output=True, text=True, timeout=600)
+def run_sweep(*arguments) -> tuple[list[str], str]:
+  """The sweep command in this process: the runs that failed, and what it printed."""
+  output = io.StringIO()
+  with contextlib.redirect_stdout(output):
+    failed = sweep_tool.main([*GRID, *map(str, arguments)])
+  return failed, output.getvalue()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def sweep(tmp_path_factory):
   root = tmp_path_factory.mktemp("sweep")
-  result = tool("sweep", *GRID, f"--root={root}")
-  assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-  return root, result.stdout
+  failed, output = run_sweep(f"--root={root}")
+  assert not failed, output
+  return root, output
 
 
 def test_sweep_trains_one_workdir_per_combination(sweep):
@@ -39,7 +45,8 @@ def test_sweep_trains_one_workdir_per_combination(sweep):
   names = ["depth-8_plain-False_batch-32_steps-6", "depth-8_plain-True_batch-32_steps-6"]
   assert sorted(p.name for p in root.iterdir()) == names
   for name in names:
-    assert f"] {name}: final (6 steps), mnist_bundled test: top-1" in output
+    final = json.loads((root / name / "eval" / "step_6_live_center.json").read_text())
+    assert final["final"] and f"] {name}: top-1 error {final['results']['top1_error']:.2f}%" in output
     config = json.loads((root / name / "config.json").read_text())
     assert config["model"]["plain"] == name.startswith("depth-8_plain-True") and config["num_train_steps"] == 6
   assert "sweep of 2 runs" in output and "2 finished, 0 failed" in output
@@ -52,29 +59,30 @@ def test_sweep_skips_finished_runs_and_resumes_unfinished_ones(sweep, tmp_path):
   shutil.rmtree(unfinished / "checkpoints" / "6")
   for record in (unfinished / "eval").glob("*.json"):
     record.unlink()
-  result = tool("sweep", *GRID, f"--root={root}")
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "[1/2] depth-8_plain-False_batch-32_steps-6: finished, skipped" in result.stdout
-  assert "[2/2] depth-8_plain-True_batch-32_steps-6: resuming" in result.stdout
+  failed, output = run_sweep(f"--root={root}")
+  assert not failed, output
+  assert "[1/2] depth-8_plain-False_batch-32_steps-6: finished, skipped" in output
+  assert "[2/2] depth-8_plain-True_batch-32_steps-6: resuming" in output
   assert "resumed from checkpoint 3" in (unfinished / "train.log").read_text()
   assert saved_steps(unfinished)[-1] == 6
   resumed, straight = losses(unfinished), losses(sweep[0] / unfinished.name)
   assert [resumed[s] for s in (4, 5, 6)] == [straight[s] for s in (4, 5, 6)]  # bit-identical continuation
 
 
-def test_a_failing_run_is_reported_and_the_sweep_exits_1(tmp_path):
-  result = tool("sweep", "--config=configs/mnist_demo.py", "--grid=depth=9", f"--root={tmp_path}")
-  assert result.returncode == 1
-  assert "[1/1] depth-9: failed (exit 1): error: a CIFAR ResNet has depth 6n+2" in result.stdout, result.stdout
-  assert "failed: depth-9; rerun the same command" in result.stderr
+def test_a_failing_run_is_reported_with_its_error_and_the_sweep_goes_on(tmp_path, capsys):
+  failed = sweep_tool.main(["--config=configs/mnist_demo.py", "--grid=depth=9,10", f"--root={tmp_path}"])
+  assert failed == ["depth-9", "depth-10"]
+  out, err = capsys.readouterr()
+  assert "[1/2] depth-9: failed (exit 1): error: a CIFAR ResNet has depth 6n+2" in out, out
+  assert "[2/2] depth-10: failed (exit 1)" in out
+  assert "failed: depth-9, depth-10; rerun the same command" in err
 
 
-def test_plot_draws_plain_beside_residual_from_the_logged_metrics(sweep, tmp_path):
+def test_plot_draws_plain_beside_residual_from_the_logged_metrics(sweep, tmp_path, capsys):
   root = sweep[0]
-  result = tool("plot", root, f"--output={tmp_path / 'figure.png'}", "--title=ResNet-8 on MNIST")
-  assert result.returncode == 0, result.stderr[-3000:]
+  plot.main([str(root), f"--output={tmp_path / 'figure.png'}", "--title=ResNet-8 on MNIST"])
   assert (tmp_path / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  assert "2 runs: ResNet-8, plain-8" in result.stdout
+  assert "2 runs: ResNet-8, plain-8" in capsys.readouterr().out
   curves = [plot.load_curves(run) for run in plot.find_runs([str(root)])]
   figure = plot.draw(curves)
   plain_axis, residual_axis = figure.axes
@@ -95,8 +103,7 @@ def test_table_lists_the_measured_runs_and_rewrites_the_readme_block(sweep, tmp_
   root = sweep[0]
   readme = tmp_path / "README.md"
   readme.write_text(f"# x\n\n{table.BEGIN}\nold\n{table.END}\n\nafter\n")
-  result = tool("table", root, f"--readme={readme}")
-  assert result.returncode == 0, result.stderr[-3000:]
+  printed = table.main([str(root), f"--readme={readme}"])
   text = readme.read_text()
   assert "old" not in text and text.endswith("\nafter\n")
   body = text[text.index(table.BEGIN):text.index(table.END)]
@@ -107,8 +114,9 @@ def test_table_lists_the_measured_runs_and_rewrites_the_readme_block(sweep, tmp_
     assert f"| {final['results']['top1_error']:.2f} | {final['results']['top5_error']:.2f} | - |" in row
     assert "| mnist_bundled (test) | center | 6 |" in row and "python -m resnet_jax.main --config=" in row
     assert final["hardware"]["platform"] == "cpu" and f"({final['hardware']['cores']} cores)" in row
-  missing = tool("table", tmp_path / "nothing")
-  assert missing.returncode == 1 and "no evaluation records" in missing.stderr
+  assert printed.strip() == body.removeprefix(table.BEGIN).strip()
+  with pytest.raises(DataError, match="no evaluation records"):
+    table.main([str(tmp_path / "nothing")])
 
 
 @pytest.mark.parametrize("model, data, protocol, expected", [
@@ -124,33 +132,3 @@ def test_paper_numbers_are_matched_by_network_and_protocol(model, data, protocol
   record = {"config": {"model": dict(model, dataset="imagenet" if data == "imagenet2012" else "cifar")},
             "data": data, "protocol": protocol}
   assert table.paper_numbers(record) == expected
-
-
-def test_a_truncated_eval_record_is_skipped_with_a_warning_not_a_crash(sweep, tmp_path, caplog):
-  from resnet_jax.sweep import is_finished
-  root, _ = sweep
-  run = tmp_path / "run"
-  shutil.copytree(next(p for p in root.iterdir() if (p / "eval").is_dir()), run)
-  assert is_finished(run)
-  for record in (run / "eval").glob("*.json"):
-    record.write_text(record.read_text()[:40])  # cut short, as by a crash while writing it
-  assert not is_finished(run)  # so the sweep resumes (and completes) the run
-  with pytest.raises(FileNotFoundError, match="no evaluation records"):
-    table.find_records([str(run)])
-  assert "skipping the unreadable evaluation record" in caplog.text
-
-
-def test_evaluating_a_runs_checkpoint_directory_writes_the_record_into_that_run():
-  from resnet_jax.evaluate import run_of_checkpoint
-  assert run_of_checkpoint("runs/r50/checkpoints/20") == str(pathlib.Path("runs/r50").absolute())
-  assert run_of_checkpoint("/models/converted_resnet50") is None  # needs --workdir: where the record goes
-
-
-def test_a_metrics_line_cut_short_by_a_crash_is_skipped_and_the_resumed_run_logs_apart(tmp_path, caplog):
-  from resnet_jax.reporting import Reporter, read_metrics
-  (tmp_path / "metrics.jsonl").write_text('{"step": 1, "train/loss": 2.5}\n{"step": 2, "train/lo')
-  reporter = Reporter(str(tmp_path))
-  reporter.scalars(2, {"train/loss": 2.25})
-  reporter.close()
-  assert read_metrics(tmp_path / "metrics.jsonl") == [{"step": 1, "train/loss": 2.5}, {"step": 2, "train/loss": 2.25}]
-  assert "line 2 is damaged" in caplog.text

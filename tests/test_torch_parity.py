@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 
 from resnet_jax import sharding
-from resnet_jax.convert import ARCHS, convert_state_dict
-from resnet_jax.data.pipeline import IMAGENET_MEAN, IMAGENET_STD, Normalizer
+from resnet_jax.tools.convert import ARCHS, convert_state_dict
+from resnet_jax.data.in_memory import IMAGENET_MEAN, IMAGENET_STD, Normalizer
 
 STEPS, WARMUP, BOUNDARY = 20, 4, 12  # the rate ramps up over steps 0-3 and drops 10x from step 12
 FLOAT32_STEPS = 3  # float32 reproduces itself to 1e-6 this far (see above)
@@ -45,7 +45,7 @@ CASES = [
 
 def torch_model(arch: str, variant: str, zero_init_residual: bool, dtype: str):
   torch = pytest.importorskip("torch")
-  from resnet_jax.torch_resnet import ResNet
+  from resnet_jax.tools.torch_resnet import ResNet
   torch.manual_seed(0)
   model = ResNet(ARCHS[arch], CLASSES, stride_on_3x3=variant == "v1.5")
   if zero_init_residual:  # torchvision's zero_init_residual: each block's last BN scale

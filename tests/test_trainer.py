@@ -1,6 +1,9 @@
-"""The trainer end to end, as a user runs it: `python -m resnet_jax.main` in a fresh process."""
+"""The trainer end to end, as a user runs it: the train and evaluate commands in this process, and
+`python -m resnet_jax.main` in a fresh one where the process is the point (a kill, a signal, eight
+devices, tf.data's threads at exit)."""
 
 import json
+import logging
 import random
 import re
 import signal
@@ -10,9 +13,13 @@ import time
 
 import numpy as np
 import pytest
-from runs import ROOT, by_step, command, environment, leaves, losses, read_state, saved_steps, start, train
+from runs import ROOT, by_step, environment, evaluate_here, leaves, losses, metrics, read_state, saved_steps, start, \
+    train, train_here
 
-pytestmark = pytest.mark.slow  # subprocesses: `make test-fast` leaves these out
+from resnet_jax import main
+from resnet_jax.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
+
+pytestmark = pytest.mark.slow  # whole training runs: `make test-fast` leaves these out
 
 
 def wait_for_checkpoint(process, workdir, at_least):
@@ -25,15 +32,13 @@ def wait_for_checkpoint(process, workdir, at_least):
 
 
 def test_one_device_and_eight_devices_give_the_same_losses_and_bn_statistics(tmp_path):
-  runs = {}
-  for devices in (1, 8):
-    workdir = tmp_path / f"d{devices}"
-    # A small learning rate keeps float32 reduction-order noise (~1e-7) from growing over the steps.
-    result = train(workdir, 5, "--config.schedule.learning_rate=0.02", "--config.checkpoint_every_steps=1",
-                   "--config.keep_checkpoints=5", devices=devices)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"on {devices} device(s)" in result.stderr
-    runs[devices] = workdir
+  # A small learning rate keeps float32 reduction-order noise (~1e-7) from growing over the steps.
+  settings = ["--config.schedule.learning_rate=0.02", "--config.checkpoint_every_steps=1", "--config.keep_checkpoints=5"]
+  runs = {1: tmp_path / "d1", 8: tmp_path / "d8"}
+  train_here(runs[1], 5, *settings)  # this process has one CPU device
+  result = train(runs[8], 5, *settings, devices=8)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "on 8 device(s)" in result.stderr
   one, eight = losses(runs[1]), losses(runs[8])
   assert sorted(one) == list(range(1, 6))
   np.testing.assert_allclose([eight[s] for s in one], [one[s] for s in one], rtol=1e-5)
@@ -45,13 +50,12 @@ def test_one_device_and_eight_devices_give_the_same_losses_and_bn_statistics(tmp
   assert record["results"]["examples"] == 1000 and record["hardware"]["devices"] == 8  # 1000 = 10 x 96 + 40
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # with its tests in one xdist group: trained once
 def straight_run(tmp_path_factory):
   """24 uninterrupted steps, checkpoints every 4, evaluations every 5 steps."""
   workdir = tmp_path_factory.mktemp("straight")
-  result = train(workdir, 24, "--config.checkpoint_every_steps=4", "--config.eval_every_epochs=0.04")
-  assert result.returncode == 0, result.stderr[-3000:]
-  return workdir, result
+  outcome = train_here(workdir, 24, "--config.checkpoint_every_steps=4", "--config.eval_every_epochs=0.04")
+  return workdir, outcome
 
 
 def assert_same_run(workdir, reference):
@@ -61,7 +65,8 @@ def assert_same_run(workdir, reference):
     np.testing.assert_array_equal(a, b)
 
 
-def test_resume_after_sigkill_at_a_random_step_is_bit_identical(straight_run, tmp_path):
+@pytest.mark.xdist_group("straight_run")
+def test_resume_after_sigkill_at_a_random_step_is_bit_identical(straight_run, tmp_path, caplog):
   reference, _ = straight_run
   process = start(tmp_path, 24, "--config.checkpoint_every_steps=4", "--config.eval_every_epochs=0.04")
   rng = random.Random(0)  # seeded: a failure names a kill point that a rerun reproduces
@@ -71,12 +76,13 @@ def test_resume_after_sigkill_at_a_random_step_is_bit_identical(straight_run, tm
   process.wait()
   interrupted_at = saved_steps(tmp_path)[-1]
   assert interrupted_at < 24
-  result = train(tmp_path, 24, "--config.checkpoint_every_steps=4", "--config.eval_every_epochs=0.04")
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "resumed from checkpoint" in result.stderr
+  with caplog.at_level(logging.INFO):
+    train_here(tmp_path, 24, "--config.checkpoint_every_steps=4", "--config.eval_every_epochs=0.04")
+  assert f"resumed from checkpoint {interrupted_at}" in caplog.text
   assert_same_run(tmp_path, reference)
 
 
+@pytest.mark.xdist_group("straight_run")
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly_then_resumes_identically(straight_run, tmp_path):
   reference, _ = straight_run
   # Checkpoints only at the end, so the one found after SIGTERM is the preemption's.
@@ -90,11 +96,11 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly_then_resumes_identically(s
   # step, 10 or 15, that step's save is the preemption's too: a step-number test alone was racy.)
   preempted_at = int(re.search(r"preempted at step (\d+); checkpoint saved", output)[1])
   assert saved_steps(tmp_path)[-1] == preempted_at and 5 <= preempted_at < 24, (saved_steps(tmp_path), output[-2000:])
-  result = train(tmp_path, 24, *settings)
-  assert result.returncode == 0, result.stderr[-3000:]
+  train_here(tmp_path, 24, *settings)
   assert_same_run(tmp_path, reference)
 
 
+@pytest.mark.xdist_group("straight_run")
 def test_keeps_the_last_checkpoints_and_the_best_by_eval_top1(straight_run):
   workdir, _ = straight_run
   evals = by_step(workdir, "eval/top1")
@@ -105,54 +111,41 @@ def test_keeps_the_last_checkpoints_and_the_best_by_eval_top1(straight_run):
   assert {16, 20, 24} <= set(kept) and best in kept and len(kept) <= 4, (kept, evals)
 
 
-def test_evaluate_command_scores_the_checkpoint_and_writes_json(straight_run):
-  workdir, result = straight_run
-  evaluated = train(workdir, 24, module="resnet_jax.evaluate")
-  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-  assert "step 24 (live weights)" in evaluated.stdout and "on 1,000 examples" in evaluated.stdout
-  record = json.loads((workdir / "eval" / "step_24_live_center.json").read_text())
-  assert record["results"]["top1"] == pytest.approx(by_step(workdir, "eval/top1")[24])
+@pytest.mark.xdist_group("straight_run")
+def test_evaluate_command_scores_the_checkpoint_and_writes_json(straight_run, capsys):
+  workdir, outcome = straight_run
+  (record,) = evaluate_here(workdir, 24)
+  assert "step 24 (live weights)" in capsys.readouterr().out
+  assert record == json.loads((workdir / "eval" / "step_24_live_center.json").read_text())
+  assert record["results"]["top1"] == pytest.approx(by_step(workdir, "eval/top1")[24]) == pytest.approx(outcome["top1"])
   assert record["results"]["top1"] + record["results"]["top1_error"] == pytest.approx(100)
-  assert record["protocol"] == "center" and record["step"] == 24 and record["hardware"]["platform"] == "cpu"
-  assert "top-1" in result.stdout and "top-5" in result.stdout
+  assert record["results"]["examples"] == 1000
+  assert (record["protocol"], record["step"], record["hardware"]["platform"]) == ("center", 24, "cpu")
   # One checkpoint directory, scored on its own: the numbers the run logged at that step.
-  by_path = train(workdir, 24, f"--checkpoint={workdir / 'checkpoints' / '20'}", module="resnet_jax.evaluate")
-  assert by_path.returncode == 0, by_path.stderr[-3000:]
-  at_20 = by_step(workdir, "eval/top1")[20]
-  assert f"step 20 (live weights), mnist_bundled test, center protocol: top-1 {at_20:.2f}%" in by_path.stdout
-  # Multi-view protocols need a streamed ImageNet-style set, and a wrong network is named as such.
-  refused = train(workdir, 24, "--protocol=10crop", module="resnet_jax.evaluate")
-  assert refused.returncode == 1 and "eval_view='10crop' needs a streamed" in refused.stderr
-  wrong = subprocess.run(command("resnet_jax.evaluate", workdir, 24, f"--checkpoint={workdir / 'checkpoints' / '20'}")
-                         [:3] + ["--config=configs/mnist_demo.py:depth=14", f"--checkpoint={workdir / 'checkpoints' / '20'}"],
-                         cwd=ROOT, env=environment(1), capture_output=True, text=True, timeout=400)
-  assert wrong.returncode == 1 and "do not fit the config's network" in wrong.stderr, wrong.stderr[-2000:]
-  untrained = train(workdir / "nothing", 24, module="resnet_jax.evaluate")
-  assert untrained.returncode == 1 and "no checkpoints in" in untrained.stderr and "train first" in untrained.stderr
+  (at_20,) = evaluate_here(workdir, 24, f"--checkpoint={workdir / 'checkpoints' / '20'}")
+  assert at_20["step"] == 20 and at_20["results"]["top1"] == pytest.approx(by_step(workdir, "eval/top1")[20])
+  # Multi-view protocols need a streamed ImageNet-style set; a wrong network is named as such.
+  with pytest.raises(ConfigError, match="data.eval_view='10crop' is not valid for mnist_bundled"):
+    evaluate_here(workdir, 24, "--protocol=10crop")
+  with pytest.raises(ConfigError, match="do not fit the config's network"):
+    evaluate_here(workdir, 24, f"--checkpoint={workdir / 'checkpoints' / '20'}", "--config.model.depth=14")
+  with pytest.raises(CheckpointError, match="no checkpoints in .*train first"):
+    evaluate_here(workdir / "nothing", 24)
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
   # lr 0.1 for 4 steps, then 1e11: the loss blows up a few steps later, or the weights do first and a
   # save refuses them (jax 0.12 reaches non-finite weights at a checkpoint step while the loss that
   # produced them was still finite).
-  result = train(tmp_path, 30, "--config.checkpoint_every_steps=2", "--config.schedule.boundaries=(4,)",
-                 "--config.schedule.decay_factor=1e12")
-  assert result.returncode == 1
-  message = result.stderr.strip().splitlines()[-1]
-  found = re.match(r"error: (loss is .* at step|the train state after step) (\d+)", message)
-  assert found and "holds only finite values" in message, message
+  with pytest.raises(TrainingDiverged) as error:
+    train_here(tmp_path, 30, "--config.checkpoint_every_steps=2", "--config.schedule.boundaries=(4,)",
+               "--config.schedule.decay_factor=1e12")
+  found = re.match(r"(loss is .* at step|the train state after step) (\d+)", str(error.value))
+  assert found and "holds only finite values" in str(error.value), error.value
   bad_step = int(found[2])
   kept = saved_steps(tmp_path)
   assert kept and kept[-1] < bad_step
   assert all(np.isfinite(x).all() for x in leaves(read_state(tmp_path)["params"]))
-
-
-def test_a_batch_that_does_not_split_over_the_devices_fails_before_compiling(tmp_path):
-  result = train(tmp_path, 5, "--config.batch_size=36", devices=8)
-  assert result.returncode == 1
-  assert "batch_size=36 does not divide evenly over 8 devices" in result.stderr
-  assert "use a multiple of 8, e.g. 32 or 40" in result.stderr
-  assert not saved_steps(tmp_path)
 
 
 def test_imagenet_config_trains_from_an_image_folder_and_scores_ten_crops(tmp_path):
@@ -164,36 +157,36 @@ def test_imagenet_config_trains_from_an_image_folder_and_scores_ten_crops(tmp_pa
       for i in range(count):
         image = rng.integers(0, 255, (40 + 3 * i, 48, 3), dtype=np.uint8)
         (tmp_path / "data" / split / synset / f"{i}.JPEG").write_bytes(tf.io.encode_jpeg(image).numpy())
-  command_line = imagenet_command("depth=18,batch=8", tmp_path / "run", tmp_path / "data", "--config.data.eval_view=10crop",
-                                  "--config.model.num_classes=3", "--config.eval_batch_size=8")
-  result = subprocess.run(command_line, cwd=ROOT, env=environment(1), capture_output=True, text=True, timeout=400)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "on 9 examples" in result.stdout  # 9 = 8 + 1: the second batch padded
-  assert "training 4 steps (2 per epoch)" in result.stderr
-  missing = subprocess.run(command_line[:4] + [f"--workdir={tmp_path / 'other'}"], cwd=ROOT,
-                           env=environment(1), capture_output=True, text=True, timeout=400)
-  assert missing.returncode == 1
-  assert "set --config.data.data_dir to the folder that holds train/ and val/" in missing.stderr
+  arguments = imagenet_arguments("depth=18,batch=8", tmp_path / "run", tmp_path / "data",
+                                 "--config.data.eval_view=10crop", "--config.model.num_classes=3",
+                                 "--config.eval_batch_size=8")
+  outcome = main.main(arguments)
+  assert outcome["examples"] == 9  # 9 = 8 + 1: the second batch padded
+  record = json.loads((tmp_path / "run" / "eval" / "step_4_live_10crop.json").read_text())
+  assert record["split"] == "val" and record["results"] == {k: outcome[k] for k in record["results"]}
+  assert [r["step"] for r in metrics(tmp_path / "run") if "eval/top1" in r] == [2, 4]  # 18 // 8 = 2 steps an epoch
+  with pytest.raises(ConfigError, match="set --config.data.data_dir to the folder that holds train/ and val/"):
+    main.main(arguments[:1] + [f"--workdir={tmp_path / 'other'}"])
 
 
+@pytest.mark.xdist_group("fake_imagenet")  # one worker builds the fake ImageNet
 def test_imagenet_config_trains_from_the_tfds_build_and_scores_multiscale(fake_imagenet, tmp_path):
   """The tfds reader runs Python callbacks in tf.data threads: the process must still exit 0."""
-  command_line = imagenet_command("depth=18,batch=4,source=tfds", tmp_path / "run", fake_imagenet / "tfds",
-                                  "--config.eval_batch_size=4", "--config.data.eval_view=multiscale",
-                                  "--config.data.eval_scales=(32,40)")
-  result = subprocess.run(command_line, cwd=ROOT, env=environment(1), capture_output=True, text=True, timeout=400)
+  arguments = imagenet_arguments("depth=18,batch=4,source=tfds", tmp_path / "run", fake_imagenet / "tfds",
+                                 "--config.eval_batch_size=4", "--config.data.eval_view=multiscale",
+                                 "--config.data.eval_scales=(32,40)")
+  result = subprocess.run([sys.executable, "-m", "resnet_jax.main", *arguments], cwd=ROOT, env=environment(1),
+                          capture_output=True, text=True, timeout=400)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "training 4 steps (3 per epoch)" in result.stderr
   assert "imagenet2012 validation:" in result.stdout and "on 5 examples" in result.stdout
-  unprepared = subprocess.run(command_line[:4] + [f"--workdir={tmp_path / 'other'}", f"--config.data.data_dir={tmp_path}"], cwd=ROOT,
-                              env=environment(1), capture_output=True, text=True, timeout=400)
-  assert unprepared.returncode == 1 and "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar" in unprepared.stderr
+  with pytest.raises(DataError, match="ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar"):
+    main.main(arguments[:1] + [f"--workdir={tmp_path / 'other'}", f"--config.data.data_dir={tmp_path}"])
 
 
-def imagenet_command(arguments, workdir, data_dir, *overrides):
+def imagenet_arguments(arguments, workdir, data_dir, *overrides):
   """configs/imagenet.py shrunk to 32-pixel crops and 4 steps."""
   return [
-      sys.executable, "-m", "resnet_jax.main", f"--config=configs/imagenet.py:{arguments}",
-      f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", "--config.data.image_size=32",
+      f"--config={ROOT}/configs/imagenet.py:{arguments}", f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", "--config.data.image_size=32",
       "--config.data.eval_resize=36", "--config.num_train_steps=4", *overrides,
   ]

@@ -1,7 +1,7 @@
-"""Input pipeline: sources of images (`sources`) and the batches the trainer consumes (`pipeline`)."""
+"""The input pipeline. `inputs` turns a config's `data` into what the trainer and the evaluator
+consume, from one of two kinds of input: `in_memory` (decoded splits, from `sources`) or `streamed`
+(tf.data over encoded images on disk, augmented by `augment`). `prepare` and `scan` are commands."""
 
-from resnet_jax.data.pipeline import Normalizer, TrainBatches, eval_batches
-from resnet_jax.data.sources import ArraySplit, load_split
-from resnet_jax.errors import DatasetNotPrepared
+from resnet_jax.data.inputs import Inputs, make_inputs
 
-__all__ = ["ArraySplit", "DatasetNotPrepared", "Normalizer", "TrainBatches", "eval_batches", "load_split"]
+__all__ = ["Inputs", "make_inputs"]

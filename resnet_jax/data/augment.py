@@ -5,14 +5,15 @@ the global batch), so an example is augmented the same way on every run, after a
 whatever the number of processes.
 
 Images come out float32 in [0, 255], HWC, 3 channels; `quantize` rounds them to the uint8 that
-crosses to the devices, which normalise them (`pipeline.Normalizer`). A train augmentation returns
+crosses to the devices, which normalise them (`in_memory.Normalizer`). A train augmentation returns
 the example's fields: its image and, for the paper's, the PCA lighting shift, added on the device.
 """
 
 import io
 
 import numpy as np
-import tensorflow as tf
+
+from resnet_jax.data.tf_on_cpu import tf
 
 # Krizhevsky et al. 2012's "standard color augmentation": PCA of ImageNet's RGB pixels (on a 0-1
 # scale; the values fb.resnet.torch uses).

@@ -1,8 +1,11 @@
-"""One interface over the two kinds of input: splits held in memory (the bundled digits, tfds sets
-of fixed-size images such as CIFAR-10) and streams read from disk (ImageNet as an image folder or an
-array_record tfds build). The trainer and the evaluator see only `Inputs`: train batches from a
-step, eval batches, the normalisation their steps apply on the devices (batches are uint8), and the
-facts the config is checked against.
+"""One interface over the two kinds of input: splits held in memory (`in_memory`: the bundled
+digits, tfds sets of fixed-size images such as CIFAR-10) and streams read from disk (`streamed`:
+ImageNet as an image folder or an array_record tfds build). The trainer and the evaluator see only
+`Inputs`: train batches from a step, eval batches of a split, the normalisation their steps apply
+on the devices (batches are uint8), and the facts the config is checked against.
+
+Which `data` settings each kind accepts is written once, in `SETTINGS`, which both the check of a
+config and the building of its inputs read.
 """
 
 import dataclasses
@@ -14,7 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from resnet_jax.data.pipeline import Normalizer, TrainBatches, eval_batches
+from resnet_jax.data.in_memory import Normalizer, PadCropFlip, TrainBatches, eval_batches
 from resnet_jax.data.sources import load_split, tfds_has_fixed_shape
 from resnet_jax.errors import ConfigError
 
@@ -26,82 +29,155 @@ class Inputs:
   num_classes: int  # the classes the labels index, to check against the model
   # The train batches from a step on: a pure function of (seed, step), so the step is the data position.
   train: Callable[[int], Iterator[dict[str, np.ndarray]]]
-  eval_batches: Callable[[], Iterator[dict[str, np.ndarray]]]
+  # Every example of an eval split once, padded and masked (None: the config's data.eval_split).
+  eval_batches: Callable[[str | None], Iterator[dict[str, np.ndarray]]]
   normalize: Normalizer  # uint8 images to the network's inputs, inside the jitted steps
 
 
+def paper_scale_range(image_size: int) -> tuple[int, int]:
+  """Sec. 3.4's shorter-side range, [256, 480] for 224-pixel crops, scaled to `image_size` so that a
+  crop covers the same share of the image at any resolution."""
+  return round(256 * image_size / 224), round(480 * image_size / 224)
+
+
+def _paper_train(d: Any) -> Callable:
+  from resnet_jax.data import augment
+
+  scale = tuple(d.scale_range) or paper_scale_range(d.image_size)
+  return functools.partial(augment.paper_train, crop=d.image_size, scale=scale, lighting_std=d.lighting_std,
+                           antialias=d.train_antialias)
+
+
+def _inception_train(d: Any) -> Callable:
+  from resnet_jax.data import augment
+
+  return functools.partial(augment.inception_train, crop=d.image_size, area=tuple(d.crop_area),
+                           aspect=tuple(d.crop_aspect), antialias=d.train_antialias)
+
+
+# For each kind of input, the values each setting may take and what each value builds: the train
+# augmentation (from the data config), the normaliser (in memory: fitted to the training images).
+SETTINGS = {
+    "in memory": {
+        "augmentation": {"none": lambda d: None, "crop": lambda d: PadCropFlip(d.pad, flip=False),
+                         "crop_flip": lambda d: PadCropFlip(d.pad, flip=True)},
+        "normalization": {"pixel_mean": Normalizer.pixel_mean, "channel_mean_std": Normalizer.channel_mean_std},
+        "eval_view": {"center": None},
+        "eval_resampler": {"tensorflow": None},
+    },
+    "streamed": {
+        "augmentation": {"paper": _paper_train, "inception": _inception_train},
+        "normalization": {"channel_mean_std": lambda: Normalizer.imagenet(divide_by_std=True),
+                          "channel_mean": lambda: Normalizer.imagenet(divide_by_std=False)},
+        "eval_view": {"center": None, "10crop": None, "multiscale": None},
+        "eval_resampler": {"tensorflow": None, "pil": None},
+    },
+}
+_KIND_DESCRIPTION = {
+    "in memory": "held in memory, decoded already, and scored on its whole images",
+    "streamed": "streamed from disk (an image folder, or tfds with images of varying size)",
+}
+
+
+def kind_of(data: Any) -> str:
+  """'streamed' for an image folder or a tfds set of varying-size images, else 'in memory'."""
+  if data.source == "folder" or data.source == "tfds" and not tfds_has_fixed_shape(data.name, data.data_dir or None):
+    return "streamed"
+  return "in memory"
+
+
+def check_settings(data: Any, kind: str) -> None:
+  """Refuses the first `data` setting that `kind` of input does not take, naming the valid values."""
+  for field, values in SETTINGS[kind].items():
+    if data[field] not in values:
+      other = next(k for k in SETTINGS if k != kind)
+      elsewhere = f" ({data[field]!r} is for {other} data)" if data[field] in SETTINGS[other][field] else ""
+      raise ConfigError(f"data.{field}={data[field]!r} is not valid for {data.name}, which is "
+                        f"{_KIND_DESCRIPTION[kind]}{elsewhere}; valid: {', '.join(values)}")
+  if kind == "in memory" and data.exclude_file:
+    raise ConfigError(f"data.exclude_file applies to {_KIND_DESCRIPTION['streamed']}; {data.name} is "
+                      f"{_KIND_DESCRIPTION[kind]}")
+  if kind == "streamed":
+    low, high = tuple(data.scale_range) or paper_scale_range(data.image_size)
+    if not data.image_size <= low <= high:
+      raise ConfigError(f"data.scale_range=({low}, {high}) must be (low, high) with image_size={data.image_size} "
+                        f"<= low <= high: the shorter side is resized into it before the crop")
+    area, aspect = tuple(data.crop_area), tuple(data.crop_aspect)
+    if not (len(area) == 2 and 0 < area[0] <= area[1] <= 1 and len(aspect) == 2 and 0 < aspect[0] <= aspect[1]):
+      raise ConfigError(f"data.crop_area={area} must be 0 < low <= high <= 1 and data.crop_aspect={aspect} "
+                        f"0 < low <= high")
+
+
+def eval_splits(config: Any) -> list[str]:
+  """The splits a run scores, each once: its eval split, then each named evaluation's."""
+  return list(dict.fromkeys([config.data.eval_split, *config.evals.values()]))
+
+
 def make_inputs(config: Any) -> Inputs:
-  """The inputs a run config describes (its `data` fields, batch sizes and seed)."""
+  """The inputs a run config describes (its `data` fields, `evals`, batch sizes and seed)."""
+  kind = kind_of(config.data)
+  check_settings(config.data, kind)
+  return (_streamed_inputs if kind == "streamed" else _in_memory_inputs)(config)
+
+
+def _in_memory_inputs(config: Any) -> Inputs:
   d = config.data
-  if d.source == "folder" or d.source == "tfds" and not tfds_has_fixed_shape(d.name, d.data_dir or None):
-    return _stream_inputs(config)
-  if d.exclude_file:
-    raise ConfigError(f"data.exclude_file applies to streamed data sets (folder, or tfds with images of varying "
-                      f"size); {d.name} is held in memory, decoded already")
-  if d.eval_resampler != "tensorflow":
-    raise ConfigError(f"data.eval_resampler applies to streamed data sets (folder, or tfds with images of varying "
-                      f"size); {d.name} is held in memory and scored on its whole images")
-  if d.eval_view != "center":
-    raise ConfigError(
-        f"eval_view={d.eval_view!r} needs a streamed ImageNet-style source (folder, or tfds with images "
-        f"of varying size); {d.name} is held in memory and scored on its whole images"
-    )
+  settings = SETTINGS["in memory"]
   data_dir = d.data_dir or None
   train_split = load_split(d.source, d.name, d.train_split, data_dir)
-  eval_split = load_split(d.source, d.name, d.eval_split, data_dir)
+  evals = {split: load_split(d.source, d.name, split, data_dir) for split in eval_splits(config)}
   return Inputs(
       num_train=len(train_split), channels=train_split.images.shape[-1],
       num_classes=int(train_split.labels.max()) + 1,
-      train=lambda step: TrainBatches(
-          train_split, config.batch_size, seed=config.seed, augmentation=d.augmentation, pad=d.pad, step=step),
-      eval_batches=lambda: eval_batches(eval_split, config.eval_batch_size),
-      normalize=Normalizer.fit(train_split.images, d.normalization),
+      train=lambda step: TrainBatches(train_split, config.batch_size, seed=config.seed,
+                                      augment=settings["augmentation"][d.augmentation](d), step=step),
+      eval_batches=lambda split=None: eval_batches(evals[split or d.eval_split], config.eval_batch_size),
+      normalize=settings["normalization"][d.normalization](train_split.images),
   )
 
 
-def stream_sources(config: Any, exclude: set[str] = frozenset()) -> tuple[Any, Any]:
-  """The train and eval sources of a streamed data set (an image folder or a tfds build)."""
-  from resnet_jax.data import stream
+def stream_sources(config: Any, exclude: set[str] = frozenset()) -> list[Any]:
+  """The train source of a streamed data set (an image folder or a tfds build), then one for each
+  split it scores (`eval_splits`)."""
+  from resnet_jax.data import streamed
 
   d = config.data
   if d.source == "folder":
-    return (stream.FolderSource(d.data_dir, d.train_split, exclude=exclude),
-            stream.FolderSource(d.data_dir, d.eval_split, label_file=d.eval_label_file or None, exclude=exclude))
-  return (stream.TfdsSource(d.name, d.train_split, d.data_dir or None, exclude=exclude),
-          stream.TfdsSource(d.name, d.eval_split, d.data_dir or None, exclude=exclude))
+    label_file = {d.eval_split: d.eval_label_file or None}  # a flat eval folder's labels
+    return [streamed.FolderSource(d.data_dir, split, label_file=label_file.get(split), exclude=exclude)
+            for split in [d.train_split, *eval_splits(config)]]
+  return [streamed.TfdsSource(d.name, split, d.data_dir or None, exclude=exclude)
+          for split in [d.train_split, *eval_splits(config)]]
 
 
-def _stream_inputs(config: Any) -> Inputs:
-  from resnet_jax.data import augment, stream
+def _streamed_inputs(config: Any) -> Inputs:
+  from resnet_jax.data import augment, streamed
 
   d = config.data
-  exclude = stream.read_exclusions(d.exclude_file)
-  train_source, eval_source = stream_sources(config, exclude)
-  unused = exclude - train_source.excluded - eval_source.excluded
+  settings = SETTINGS["streamed"]
+  exclude = streamed.read_exclusions(d.exclude_file)
+  train_source, *scored = stream_sources(config, exclude)
+  eval_sources = dict(zip(eval_splits(config), scored))
+  unused = exclude - train_source.excluded - set().union(*(s.excluded for s in scored))
   if unused:
-    logging.warning("%d id(s) of data.exclude_file=%s match no example of the %s and %s splits, e.g. %s",
-                    len(unused), d.exclude_file, d.train_split, d.eval_split, sorted(unused)[0])
-  if d.normalization not in ("channel_mean_std", "channel_mean"):
-    raise ConfigError(
-        f"a streamed data set normalises by 'channel_mean_std' or 'channel_mean'; got {d.normalization!r}"
-    )
-  train_augmentations = {
-      "paper": lambda b, s: augment.paper_train(b, s, crop=d.image_size, lighting_std=d.lighting_std,
-                                                antialias=d.train_antialias),
-      "inception": lambda b, s: augment.inception_train(b, s, crop=d.image_size, antialias=d.train_antialias),
-  }
-  if d.augmentation not in train_augmentations:
-    raise ConfigError(f"unknown augmentation {d.augmentation!r} for a streamed data set; valid: paper, inception")
-  train_augment = train_augmentations[d.augmentation]
-  views = stream.views_function(d.eval_view, d.eval_resize, d.image_size, d.eval_scales, d.eval_resampler)
-  # Multi-scale batches group images by shape: read every header once, at the first evaluation.
-  eval_groups = functools.cache(lambda: stream.shape_groups(eval_source) if d.eval_view == "multiscale" else None)
+    logging.warning("%d id(s) of data.exclude_file=%s match no example of the %s split(s), e.g. %s",
+                    len(unused), d.exclude_file, ", ".join([d.train_split, *eval_sources]), sorted(unused)[0])
+  train_augment = settings["augmentation"][d.augmentation](d)
+  views = streamed.views_function(d.eval_view, d.eval_resize, d.image_size, d.eval_scales, d.eval_resampler)
+  # Multi-scale batches group images by shape: read every header once, at a split's first evaluation.
+  shape_groups = functools.cache(lambda split: streamed.shape_groups(eval_sources[split]))
   process = dict(process_index=jax.process_index(), process_count=jax.process_count())
+
+  def eval_stream(split: str | None = None) -> Iterator[dict[str, np.ndarray]]:
+    split = split or d.eval_split
+    groups = shape_groups(split) if d.eval_view == "multiscale" else None
+    return streamed.eval_stream(eval_sources[split], config.eval_batch_size, lambda b: augment.quantize(views(b)),
+                                groups=groups, **process)
+
   return Inputs(
       num_train=len(train_source), channels=3, num_classes=train_source.num_classes,
-      train=lambda step: stream.train_stream(
+      train=lambda step: streamed.train_stream(
           train_source, config.batch_size, train_augment, seed=config.seed, step=step, **process),
-      eval_batches=lambda: stream.eval_stream(
-          eval_source, config.eval_batch_size, lambda b: augment.quantize(views(b)), groups=eval_groups(), **process),
-      normalize=Normalizer.imagenet(divide_by_std=d.normalization == "channel_mean_std"),
+      eval_batches=eval_stream,
+      normalize=settings["normalization"][d.normalization](),
   )

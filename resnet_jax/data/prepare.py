@@ -9,14 +9,15 @@ is downloaded). Training reads the result with --config.data.source=tfds --confi
 (`tfds build` does the same but needs apache_beam in tfds 4.9.10).
 """
 
-import argparse
 import pathlib
-import sys
 import time
+from collections.abc import Sequence
 
-import tensorflow as tf
+from absl import flags
 
-tf.config.set_visible_devices([], "GPU")
+import resnet_jax.data.tf_on_cpu  # noqa: F401  (tfds builds with TensorFlow: keep it off the GPUs)
+from resnet_jax import cli
+from resnet_jax.errors import DatasetNotPrepared
 
 IMAGENET_TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 
@@ -39,21 +40,32 @@ def prepare(name: str, data_dir: str, manual_dir: str | None = None, file_format
   return {str(split): info.num_examples for split, info in builder.info.splits.items()}
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("name", help="tfds name, e.g. imagenet2012 or cifar10")
-  parser.add_argument("--data_dir", required=True, help="where the built data set goes")
-  parser.add_argument("--manual_dir", help="the folder holding manually downloaded files (ImageNet's tars)")
-  parser.add_argument("--file_format", default="array_record", choices=["array_record", "tfrecord"])
-  args = parser.parse_args()
+def define_flags(values: flags.FlagValues) -> None:
+  flags.DEFINE_string("data_dir", None, "where the built data set goes", flag_values=values)
+  flags.DEFINE_string("manual_dir", None, "the folder holding manually downloaded files (ImageNet's tars)",
+                      flag_values=values)
+  flags.DEFINE_enum("file_format", "array_record", ["array_record", "tfrecord"], "the files to build",
+                    flag_values=values)
+  flags.mark_flags_as_required(["data_dir"], flag_values=values)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, int]:
+  """Builds the data set the arguments name (the tfds name, then flags); returns its split sizes."""
+  args, (name,) = cli.parse(argv, define_flags, __doc__, positional=(1, 1))
   start = time.perf_counter()
   try:
-    splits = prepare(args.name, args.data_dir, args.manual_dir, args.file_format)
+    splits = prepare(name, args.data_dir, args.manual_dir, args.file_format)
   except FileNotFoundError as error:
-    sys.exit(f"error: {error}")
+    raise DatasetNotPrepared(str(error)) from None
   counts = ", ".join(f"{split} {count:,}" for split, count in splits.items())
-  print(f"prepared {args.name} in {args.data_dir} ({counts}) in {time.perf_counter() - start:.0f} s")
+  print(f"prepared {name} in {args.data_dir} ({counts}) in {time.perf_counter() - start:.0f} s")
+  return splits
+
+
+def command() -> None:
+  """The `resnet-jax-prepare` console script (also `python -m resnet_jax.data.prepare`)."""
+  cli.run(main)
 
 
 if __name__ == "__main__":
-  main()
+  command()

@@ -11,17 +11,16 @@ grayscale JPEGs, a PNG named .JPEG) decode and are not listed.
 
 import pathlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
-import tensorflow as tf
 from absl import flags
-from ml_collections import config_flags
 
 from resnet_jax import cli
 from resnet_jax.data import augment
-from resnet_jax.data.inputs import stream_sources
-from resnet_jax.data.stream import load_failure
+from resnet_jax.data.inputs import kind_of, stream_sources
+from resnet_jax.data.streamed import load_failure
+from resnet_jax.data.tf_on_cpu import tf
 from resnet_jax.errors import ConfigError
 
 
@@ -60,32 +59,35 @@ class Progress:
             flush=True)
 
 
-def main(argv: list[str]) -> None:
-  del argv
-  FLAGS = flags.FLAGS
-  config = FLAGS.config
-  if config.data.source not in ("folder", "tfds"):
-    raise ConfigError(f"data.source={config.data.source!r} is held in memory, decoded already; the scan is for "
-                      f"streamed sets (folder or tfds)")
-  lines, total, bad_count = [], 0, 0
+def define_flags(values: flags.FlagValues) -> None:
+  flags.DEFINE_string("output", "bad_images.txt", "where the ids of the bad images go", flag_values=values)
+
+
+def main(argv: Sequence[str] | None = None) -> list[str]:
+  """Scans every split the config reads; returns the ids of the images that do not decode."""
+  args, _ = cli.parse(argv, define_flags, __doc__, config=True)
+  config = args.config
+  if kind_of(config.data) != "streamed":
+    raise ConfigError(f"{config.data.name} is held in memory, decoded already; the scan is for streamed sets "
+                      f"(data.source folder, or tfds with images of varying size)")
+  lines, ids, total = [], [], 0
   for source in stream_sources(config):
     print(f"scanning the {source.split} split: {len(source):,} images", flush=True)
     bad = find_bad_images(source, Progress(source.split))
-    total, bad_count = total + len(source), bad_count + len(bad)
+    total += len(source)
     for index, reason in bad:
       print(f"  bad: {source.describe(index)}: {reason}")
       lines += [f"# {source.describe(index)}: {reason}", source.example_id(index)]
-  output = pathlib.Path(FLAGS.output)
+      ids.append(source.example_id(index))
+  output = pathlib.Path(args.output)
   output.write_text("".join(f"{line}\n" for line in lines))
-  print(f"{bad_count} of {total:,} images cannot be decoded; wrote their ids to {output}. Train and evaluate "
+  print(f"{len(ids)} of {total:,} images cannot be decoded; wrote their ids to {output}. Train and evaluate "
         f"with --config.data.exclude_file={output}")
+  return ids
 
 
 def command() -> None:
   """The `resnet-jax-scan` console script (also `python -m resnet_jax.data.scan`)."""
-  config_flags.DEFINE_config_file("config", None, "the run's config file[:arguments]", lock_config=True)
-  flags.DEFINE_string("output", "bad_images.txt", "where the ids of the bad images go")
-  flags.mark_flags_as_required(["config"])
   cli.run(main)
 
 

@@ -133,6 +133,20 @@ class ModelConfig:
     return cls(**fields)
 
   @property
+  def name(self) -> str:
+    """The paper's name of the network: 'ResNet-50', 'plain-34'."""
+    return f"{'plain' if self.plain else 'ResNet'}-{self.depth}"
+
+  @property
+  def family(self) -> str:
+    return "ImageNet" if self.dataset == "imagenet" else "CIFAR"
+
+  def describe(self) -> str:
+    """The name with everything that sets it apart from the paper's network of that name."""
+    shortcut = "" if self.plain else f"shortcut {self.shortcut}, "
+    return f"{self.family} {self.name} ({shortcut}{self.variant}, {self.num_classes} classes, {self.dtype})"
+
+  @property
   def block(self) -> str:
     return IMAGENET_STAGES[self.depth][0] if self.dataset == "imagenet" else "basic"
 

@@ -1,25 +1,24 @@
 """Per-stage output shapes, parameters and multiply-adds of any network, beside the paper's numbers.
 
-  python -m resnet_jax.models.summary --depth 50
-  python -m resnet_jax.models.summary --dataset cifar --depth 110 --plain
-  python -m resnet_jax.models.summary --depth 18 --parameters   # clu's per-parameter table
+  python -m resnet_jax.models.summary --depth=50
+  python -m resnet_jax.models.summary --dataset=cifar --depth=110 --plain
+  python -m resnet_jax.models.summary --depth=18 --parameters   # clu's per-parameter table
   python -m resnet_jax.models.summary --table                   # the README's model table
 
 Multiply-adds are read off the traced forward pass (nothing is computed), so even ResNet-1202
 summarises in seconds.
 """
 
-import argparse
 import dataclasses
-import sys
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+from absl import flags
 from clu import parameter_overview
 from flax import nnx
 
-from resnet_jax import paper
+from resnet_jax import cli, paper
 from resnet_jax.models.blocks import SHORTCUT_OPTIONS
 from resnet_jax.models.flops import count_params, module_macs
 from resnet_jax.models.resnet import (
@@ -73,21 +72,11 @@ def paper_figure(config: ModelConfig) -> tuple[str, str] | None:
   return None
 
 
-def network_name(config: ModelConfig) -> str:
-  family = "ImageNet" if config.dataset == "imagenet" else "CIFAR"
-  return f"{family} {'plain' if config.plain else 'ResNet'}-{config.depth}"
-
-
-def describe(config: ModelConfig) -> str:
-  shortcut = "" if config.plain else f"shortcut {config.shortcut}, "
-  return f"{network_name(config)} ({shortcut}{config.variant}, {config.num_classes} classes, {config.dtype})"
-
-
 def format_summary(model: ResNet, image_size: int) -> str:
   config = model.config
   rows = stage_rows(model, image_size)
   lines = [
-      f"{describe(config)}, input {image_size}x{image_size}x{config.input_channels}",
+      f"{config.describe()}, input {image_size}x{image_size}x{config.input_channels}",
       f"{'stage':<12}{'output':>16}{'params':>16}{'multiply-adds':>18}",
   ]
   for row in rows:
@@ -115,54 +104,46 @@ def model_table() -> str:
     params, macs = totals(stage_rows(build_model(config), size))
     blocks = "/".join(map(str, config.stage_blocks))
     lines.append(
-        f"| {network_name(config)} ({config.shortcut}) | {config.block} | {blocks} | {params:,} "
+        f"| {config.family} {config.name} ({config.shortcut}) | {config.block} | {blocks} | {params:,} "
         f"| {macs / 1e9:.3f} G at {size}x{size} | {paper_figure(config)[1]} |"
     )
   return "\n".join(lines)
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--depth", type=int, default=50)
-  parser.add_argument("--dataset", choices=DATASETS, default="imagenet")
-  parser.add_argument("--shortcut", choices=SHORTCUT_OPTIONS, default=None,
-                      help="default: B for imagenet, A for cifar (the paper's)")
-  parser.add_argument("--plain", action="store_true", help="no shortcuts (the degradation ablation)")
-  parser.add_argument("--variant", choices=VARIANTS, default="v1")
-  parser.add_argument("--num-classes", type=int, default=None)
-  parser.add_argument("--input-channels", type=int, default=3)
-  parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
-  parser.add_argument("--image-size", type=int, default=None, help="default: 224 imagenet, 32 cifar")
-  parser.add_argument("--parameters", action="store_true", help="also print every parameter (clu)")
-  parser.add_argument("--table", action="store_true", help="print the table of all paper networks")
-  return parser.parse_args(argv)
+def define_flags(values: flags.FlagValues) -> None:
+  flags.DEFINE_integer("depth", 50, "the network's depth", flag_values=values)
+  flags.DEFINE_enum("dataset", "imagenet", list(DATASETS), "the network family", flag_values=values)
+  flags.DEFINE_enum("shortcut", None, list(SHORTCUT_OPTIONS), "default: B for imagenet, A for cifar (the paper's)",
+                    flag_values=values)
+  flags.DEFINE_bool("plain", False, "no shortcuts (the degradation ablation)", flag_values=values)
+  flags.DEFINE_enum("variant", "v1", list(VARIANTS), "block variant", flag_values=values)
+  flags.DEFINE_integer("num_classes", None, "default: 1000 imagenet, 10 cifar", flag_values=values)
+  flags.DEFINE_integer("input_channels", 3, "image channels", flag_values=values)
+  flags.DEFINE_enum("dtype", "float32", list(DTYPES), "computation dtype", flag_values=values)
+  flags.DEFINE_integer("image_size", None, "default: 224 imagenet, 32 cifar", flag_values=values)
+  flags.DEFINE_bool("parameters", False, "also print every parameter (clu)", flag_values=values)
+  flags.DEFINE_bool("table", False, "print the table of all paper networks", flag_values=values)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  args = parse_args(sys.argv[1:] if argv is None else argv)
+def main(argv: Sequence[str] | None = None) -> None:
+  args, _ = cli.parse(argv, define_flags, __doc__)
   if args.table:
     print(model_table())
-    return 0
-  try:
-    config = ModelConfig(
-        depth=args.depth, dataset=args.dataset, shortcut=args.shortcut, plain=args.plain,
-        variant=args.variant, num_classes=args.num_classes, input_channels=args.input_channels,
-        dtype=args.dtype,
-    )
-  except ValueError as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 2
+    return
+  config = ModelConfig(
+      depth=args.depth, dataset=args.dataset, shortcut=args.shortcut, plain=args.plain, variant=args.variant,
+      num_classes=args.num_classes, input_channels=args.input_channels, dtype=args.dtype,
+  )
   model = build_model(config)
   print(format_summary(model, args.image_size or default_image_size(config)))
   if args.parameters:
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     print(parameter_overview.get_parameter_overview(params, include_stats=False))
-  return 0
 
 
 def command() -> None:
   """The `resnet-jax-summary` console script (also `python -m resnet_jax.models.summary`)."""
-  sys.exit(main())
+  cli.run(main)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,6 @@ import numpy as np
 from resnet_jax.data.sources import ArraySplit
 from resnet_jax.errors import ConfigError
 
-AUGMENTATIONS = ("none", "crop", "crop_flip")
-NORMALIZATIONS = ("pixel_mean", "channel_mean_std")
 # Per-channel mean and std of ImageNet's training pixels, 0-255 scale.
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -28,9 +26,8 @@ class Normalizer:
   """(images / divisor - mean) / std, run on the devices inside the jitted steps: batches cross to
   them as uint8, a quarter of float32's bytes. Hashed by identity (eq=False): a static argument.
 
-  In-memory sets subtract the training split's per-pixel mean (the paper's CIFAR recipe) or
-  standardise per channel, on a 0-1 scale (`fit`); streamed ImageNet uses its channel statistics on
-  the 0-255 scale (`imagenet`).
+  In-memory sets are normalised by their training split's statistics on a 0-1 scale (`pixel_mean`,
+  `channel_mean_std`); streamed ImageNet by its channel statistics on the 0-255 scale (`imagenet`).
   """
 
   mean: np.ndarray
@@ -38,13 +35,15 @@ class Normalizer:
   divisor: float = 1.0
 
   @classmethod
-  def fit(cls, images: np.ndarray, kind: str) -> "Normalizer":
+  def pixel_mean(cls, images: np.ndarray) -> "Normalizer":
+    """Subtracts the training images' per-pixel mean, on a 0-1 scale (the paper's CIFAR recipe)."""
+    return cls((images.astype(np.float64) / 255.0).mean(0).astype(np.float32), np.ones((1,), np.float32), 255.0)
+
+  @classmethod
+  def channel_mean_std(cls, images: np.ndarray) -> "Normalizer":
+    """Standardises each channel by the training images' statistics, on a 0-1 scale."""
     pixels = images.astype(np.float64) / 255.0
-    if kind == "pixel_mean":
-      return cls(pixels.mean(0).astype(np.float32), np.ones((1,), np.float32), 255.0)
-    if kind == "channel_mean_std":
-      return cls(pixels.mean((0, 1, 2)).astype(np.float32), pixels.std((0, 1, 2)).astype(np.float32), 255.0)
-    raise ConfigError(f"unknown normalization {kind!r}; valid: {', '.join(NORMALIZATIONS)}")
+    return cls(pixels.mean((0, 1, 2)).astype(np.float32), pixels.std((0, 1, 2)).astype(np.float32), 255.0)
 
   @classmethod
   def imagenet(cls, divide_by_std: bool = True) -> "Normalizer":
@@ -107,18 +106,15 @@ class TrainBatches(Iterator[dict[str, np.ndarray]]):
       global_batch: int,
       *,
       seed: int,
-      augmentation: str,
-      pad: int,
+      augment: PadCropFlip | None = None,
       step: int = 0,
   ):
-    if augmentation not in AUGMENTATIONS:
-      raise ConfigError(f"unknown augmentation {augmentation!r}; valid: {', '.join(AUGMENTATIONS)}")
     if global_batch > len(split):
       raise ConfigError(f"batch of {global_batch} is larger than the {len(split)} training examples")
     self.split = split
     self.global_batch = global_batch
     self.seed = seed
-    self.augment = None if augmentation == "none" else PadCropFlip(pad, augmentation == "crop_flip")
+    self.augment = augment
     self.step = step
     self.steps_per_epoch = len(split) // global_batch  # each epoch drops its remainder
     self._epoch, self._order = -1, None

@@ -1,7 +1,7 @@
 """Converts torchvision ResNet weights into a checkpoint the evaluate command scores, to check our eval
 pipeline against torchvision's published accuracy (ResNet-50 IMAGENET1K_V1: 76.13% / 92.86%):
 
-  python -m resnet_jax.convert torchvision --arch resnet50 --input resnet50.pth --output DIR
+  python -m resnet_jax.tools.convert torchvision --arch resnet50 --input resnet50.pth --output DIR
   python -m resnet_jax.evaluate --config=configs/imagenet.py:depth=50,variant=v1.5 --checkpoint=DIR \\
       --config.data.data_dir=/data/imagenet
 
@@ -12,11 +12,14 @@ is read with `weights_only=True`, so it cannot run code.
 
 import json
 import pathlib
-import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
+from absl import flags
+
+from resnet_jax import cli
+from resnet_jax.errors import ConfigError, UserError
 
 ARCHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101, "resnet152": 152}
 _BN = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
@@ -103,7 +106,7 @@ def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
   try:
     import torch
   except ImportError:
-    raise SystemExit("error: converting torchvision weights needs torch: pip install torch") from None
+    raise UserError("converting torchvision weights needs torch: pip install torch") from None
   loaded = torch.load(path, map_location="cpu", weights_only=True)
   for key in ("state_dict", "model"):  # training-script checkpoints wrap the weights
     if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
@@ -126,35 +129,36 @@ def save(weights: dict, output: str | pathlib.Path, description: dict) -> pathli
   return output
 
 
-def main(argv: list[str]) -> None:
-  from absl import flags
+def define_flags(values: flags.FlagValues) -> None:
+  flags.DEFINE_enum("arch", None, list(ARCHS), "torchvision architecture", flag_values=values)
+  flags.DEFINE_string("input", None, "a torchvision state dict (.pth)", flag_values=values)
+  flags.DEFINE_string("output", None, "directory for the converted checkpoint", flag_values=values)
+  flags.mark_flags_as_required(["arch", "input", "output"], flag_values=values)
 
-  FLAGS = flags.FLAGS
-  if len(argv) != 2 or argv[1] != "torchvision":
-    raise SystemExit("usage: python -m resnet_jax.convert torchvision --arch resnet50 --input X.pth --output DIR")
+
+def main(argv: Sequence[str] | None = None) -> pathlib.Path:
+  """Converts the weights the flags name; returns the checkpoint directory written."""
+  args, (source,) = cli.parse(argv, define_flags, __doc__, positional=(1, 1))
+  if source != "torchvision":
+    raise ConfigError(f"unknown source {source!r}; the converter reads torchvision weights: "
+                      f"python -m resnet_jax.tools.convert torchvision --arch=... --input=... --output=...")
   try:
-    weights = convert_state_dict(load_torch_state_dict(FLAGS.input), FLAGS.arch)
-    config = model_config(FLAGS.arch)
+    weights = convert_state_dict(load_torch_state_dict(args.input), args.arch)
+    config = model_config(args.arch)
     variant = f",variant={config['variant']}" if config["variant"] != "v1" else ""
     evaluate_config = f"configs/imagenet.py:depth={config['depth']}{variant}"
-    output = save(weights, FLAGS.output, {"source": "torchvision", "arch": FLAGS.arch, "input": FLAGS.input,
-                                          "model": config, "evaluate_config": evaluate_config})
+    output = save(weights, args.output, {"source": "torchvision", "arch": args.arch, "input": args.input,
+                                         "model": config, "evaluate_config": evaluate_config})
   except (ValueError, FileExistsError, FileNotFoundError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    raise SystemExit(1) from None
+    raise ConfigError(str(error)) from None
   print(f"wrote {output}; score it with:\n  python -m resnet_jax.evaluate --config={evaluate_config} "
         f"--checkpoint={output} --config.data.data_dir=/path/to/imagenet")
+  return output
 
 
 def command() -> None:
-  """The `resnet-jax-convert` console script (also `python -m resnet_jax.convert`)."""
-  from absl import app, flags
-
-  flags.DEFINE_enum("arch", None, list(ARCHS), "torchvision architecture")
-  flags.DEFINE_string("input", None, "a torchvision state dict (.pth)")
-  flags.DEFINE_string("output", None, "directory for the converted checkpoint")
-  flags.mark_flags_as_required(["arch", "input", "output"])
-  app.run(main)
+  """The `resnet-jax-convert` console script (also `python -m resnet_jax.tools.convert`)."""
+  cli.run(main)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Training speed: the real train step on synthetic data already on the devices.
 
-  python -m resnet_jax.benchmark --config=configs/imagenet.py:depth=50,dtype=bfloat16 --config.batch_size=256
-  python -m resnet_jax.benchmark --config=configs/cifar10.py:depth=20 --input_pipeline
-  python -m resnet_jax.benchmark --config=configs/imagenet.py:depth=50 --find_max_batch
+  python -m resnet_jax.tools.benchmark --config=configs/imagenet.py:depth=50,dtype=bfloat16 --config.batch_size=256
+  python -m resnet_jax.tools.benchmark --config=configs/cifar10.py:depth=20 --input_pipeline
+  python -m resnet_jax.tools.benchmark --config=configs/imagenet.py:depth=50 --find_max_batch
 
 Prints compile time, step time (median, 10th/90th percentiles), images/s, the FLOPs of a train
 step per image (XLA's cost analysis of the compiled step beside 6x the model's multiply-adds), the
@@ -16,34 +16,24 @@ which bounds the run. The synthetic path imports neither TensorFlow nor tfds.
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import flags
 from absl import logging as absl_logging
-from ml_collections import config_flags
 
-from resnet_jax import sharding
+from resnet_jax import cli, sharding
+from resnet_jax.data.in_memory import Normalizer
 from resnet_jax.data.inputs import Inputs
-from resnet_jax.data.pipeline import Normalizer
+from resnet_jax.errors import ConfigError
 from resnet_jax.experiment import Experiment, setup
 from resnet_jax.models import build_model
 from resnet_jax.models.flops import module_macs
-from resnet_jax.models.summary import describe
 from resnet_jax.train_step import compile_train_step
-
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "config file[:arguments]", lock_config=True)
-flags.DEFINE_integer("steps", 20, "timed steps")
-flags.DEFINE_integer("warmup", 3, "untimed steps after compiling")
-flags.DEFINE_bool("input_pipeline", False, "also time the config's input pipeline (needs its data)")
-flags.DEFINE_bool("find_max_batch", False, "search the largest per-device batch whose step fits in memory")
-flags.DEFINE_float("memory_limit_gb", 0.0, "memory per device for --find_max_batch (default: the device's)")
-flags.mark_flags_as_required(["config"])
 
 # Dense peak TFLOP/s (bfloat16, and float32 matmuls as the device runs them: TF32 tensor cores on
 # NVIDIA, bf16 passes on TPU), by a substring of jax's device_kind; first match wins.
@@ -191,7 +181,7 @@ def run(config: ml_collections.ConfigDict, steps: int, warmup: int, input_pipeli
   achieved = xla_flops * images_per_s / devices / 1e12  # per device
   memory = device.memory_stats() or {}
   result = {
-      "model": describe(experiment.model_config), "image_size": size, "dtype": experiment.model_config.dtype,
+      "model": experiment.model_config.describe(), "image_size": size, "dtype": experiment.model_config.dtype,
       "device": device.device_kind, "platform": device.platform, "devices": devices,
       "batch": config.batch_size, "per_device_batch": config.batch_size // devices,
       "compile_s": compile_s, "step_ms_median": 1e3 * step_s,
@@ -262,15 +252,26 @@ def format_report(r: dict[str, Any]) -> str:
   return "\n".join(f"{name:<20}{value}" for name, value in rows)
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def define_flags(values: flags.FlagValues) -> None:
+  flags.DEFINE_integer("steps", 20, "timed steps", flag_values=values)
+  flags.DEFINE_integer("warmup", 3, "untimed steps after compiling", flag_values=values)
+  flags.DEFINE_bool("input_pipeline", False, "also time the config's input pipeline (needs its data)",
+                    flag_values=values)
+  flags.DEFINE_bool("find_max_batch", False, "search the largest per-device batch whose step fits in memory",
+                    flag_values=values)
+  flags.DEFINE_float("memory_limit_gb", 0.0, "memory per device for --find_max_batch (default: the device's)",
+                     flag_values=values)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  """Benchmarks the config the flags give; prints the report and its JSON line, returns the result."""
+  args, _ = cli.parse(argv, define_flags, __doc__, config=True)
   absl_logging.set_verbosity(absl_logging.WARNING)  # the report is the output
-  config = FLAGS.config
+  config = args.config
   try:
-    result = run(config, FLAGS.steps, FLAGS.warmup, FLAGS.input_pipeline)
-    if FLAGS.find_max_batch:
-      limit = FLAGS.memory_limit_gb * 1e9 or (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
+    result = run(config, args.steps, args.warmup, args.input_pipeline)
+    if args.find_max_batch:
+      limit = args.memory_limit_gb * 1e9 or (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
       if not limit:
         raise ValueError(f"{jax.devices()[0].device_kind} reports no memory limit; pass --memory_limit_gb")
       result["max_per_device_batch"], tried = largest_batch(config, limit)
@@ -279,14 +280,15 @@ def main(argv: list[str]) -> None:
       result["memory_limit_gb"] = limit / 1e9
       result["tried_bytes"] = tried
   except ValueError as error:
-    raise SystemExit(f"error: {error}") from None
+    raise ConfigError(str(error)) from None
   print(format_report(result))
   print(json.dumps(result))
+  return result
 
 
 def command() -> None:
-  """The `resnet-jax-benchmark` console script (also `python -m resnet_jax.benchmark`)."""
-  app.run(main)
+  """The `resnet-jax-benchmark` console script (also `python -m resnet_jax.tools.benchmark`)."""
+  cli.run(main)
 
 
 if __name__ == "__main__":

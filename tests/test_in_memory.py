@@ -4,8 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from resnet_jax.data import ArraySplit, Normalizer, TrainBatches, eval_batches, load_split
-from resnet_jax.data.pipeline import PadCropFlip
+from resnet_jax.data.in_memory import Normalizer, PadCropFlip, TrainBatches, eval_batches
+from resnet_jax.data.sources import ArraySplit, load_split
 
 
 def make_split(n=50, size=6, channels=1):
@@ -14,8 +14,8 @@ def make_split(n=50, size=6, channels=1):
   return ArraySplit(images, (np.arange(n) % 10).astype(np.int32))
 
 
-def batches(split, batch=8, step=0, augmentation="crop_flip", seed=3):
-  return TrainBatches(split, batch, seed=seed, augmentation=augmentation, pad=2, step=step)
+def batches(split, batch=8, step=0, augment=PadCropFlip(2, flip=True), seed=3):
+  return TrainBatches(split, batch, seed=seed, augment=augment, step=step)
 
 
 def test_same_seed_same_batches_and_resume_gives_the_next_batch():
@@ -33,7 +33,7 @@ def test_same_seed_same_batches_and_resume_gives_the_next_batch():
 
 def test_an_epoch_draws_each_example_at_most_once_and_epochs_differ():
   split = ArraySplit(np.arange(50, dtype=np.uint8).reshape(50, 1, 1, 1), np.zeros(50, np.int32))
-  stream = batches(split, batch=8, augmentation="none")
+  stream = batches(split, batch=8, augment=None)
   epochs = [np.concatenate([next(stream)["image"].ravel() for _ in range(6)]) for _ in range(2)]
   for seen in epochs:
     assert len(seen) == 48 and len(set(seen.tolist())) == 48
@@ -77,14 +77,12 @@ def test_eval_scores_every_example_exactly_once(batch):
 
 def test_pixel_mean_normalisation_gives_a_zero_mean_data_set():
   split = make_split(n=40, size=4, channels=3)
-  for kind in ("pixel_mean", "channel_mean_std"):
-    normalized = Normalizer.fit(split.images, kind)(split.images)
+  for fit in (Normalizer.pixel_mean, Normalizer.channel_mean_std):
+    normalized = fit(split.images)(split.images)
     assert np.abs(normalized.mean((0, 1, 2))).max() < 1e-5
-  pixel_mean = Normalizer.fit(split.images, "pixel_mean")(split.images)
+  pixel_mean = Normalizer.pixel_mean(split.images)(split.images)
   assert np.abs(pixel_mean.mean(0)).max() < 1e-5
-  assert np.allclose(Normalizer.fit(split.images, "channel_mean_std")(split.images).std((0, 1, 2)), 1, atol=1e-4)
-  with pytest.raises(ValueError, match="unknown normalization"):
-    Normalizer.fit(split.images, "zca")
+  assert np.allclose(Normalizer.channel_mean_std(split.images)(split.images).std((0, 1, 2)), 1, atol=1e-4)
 
 
 def test_bundled_mnist_is_real_digits_split_4000_1000():
@@ -98,6 +96,6 @@ def test_bundled_mnist_is_real_digits_split_4000_1000():
 def test_unknown_source_and_unprepared_tfds_set_say_what_to_do(tmp_path):
   with pytest.raises(ValueError, match="unknown data source"):
     load_split("webdataset", "x", "train")
-  from resnet_jax.data import DatasetNotPrepared
+  from resnet_jax.errors import DatasetNotPrepared
   with pytest.raises(DatasetNotPrepared, match="python -m resnet_jax.data.prepare cifar10 --data_dir="):
     load_split("tfds", "cifar10", "train", str(tmp_path))

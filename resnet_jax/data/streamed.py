@@ -15,15 +15,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
 from resnet_jax.data import augment
-from resnet_jax.data.pipeline import process_slice
+from resnet_jax.data.in_memory import process_slice
 from resnet_jax.data.sources import tfds_builder
+from resnet_jax.data.tf_on_cpu import tf
 from resnet_jax.errors import ConfigError, DataError, DatasetNotPrepared
-
-# TensorFlow only feeds the input pipeline: keep it off the accelerators JAX uses.
-tf.config.set_visible_devices([], "GPU")
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 

@@ -1,9 +1,9 @@
 """A markdown results table from evaluation records, beside the paper's numbers:
 
-  python -m resnet_jax.table runs/demo runs/mnist_degradation [--readme=README.md]
+  python -m resnet_jax.tools.table runs/demo runs/mnist_degradation [--readme=README.md]
 
 Reads every WORKDIR/eval/*.json (written at the end of training and by the evaluate command), keeps
-each run's newest record per protocol and weights, and prints one row each: the network, data and
+each run's newest record per protocol, weights and split, and prints one row each: the network, data and
 protocol, steps, top-1/top-5 error, the paper's errors for the same network and protocol (Tables 2,
 3, 4 and 6), the command and the hardware. Only measured numbers appear; a setting the paper does
 not report shows "-". `--readme` rewrites the block between the README's results markers.
@@ -11,28 +11,27 @@ not report shows "-". `--readme` rewrites the block between the README's results
 
 import pathlib
 import re
+from collections.abc import Sequence
 
-from absl import app, flags
+from absl import flags
 
-from resnet_jax import paper
+from resnet_jax import cli, paper, rundir
+from resnet_jax.errors import DataError
 from resnet_jax.models import ModelConfig
-from resnet_jax.reporting import read_record
 
-BEGIN, END = "<!-- results: begin (python -m resnet_jax.table) -->", "<!-- results: end -->"
+BEGIN, END = "<!-- results: begin (python -m resnet_jax.tools.table) -->", "<!-- results: end -->"
 
 
 def find_records(paths: list[str]) -> list[dict]:
-  """Each run's newest record per (protocol, weights), under the given runs or directories of runs."""
+  """Each run's newest record per (protocol, weights, split), under the given runs or directories of runs."""
   newest: dict[tuple, dict] = {}
   for path in map(pathlib.Path, paths):
-    for file in sorted(path.glob("eval/*.json")) + sorted(path.glob("*/eval/*.json")):
-      record = read_record(file)
-      if record is None:
-        continue
-      record["workdir"] = str(file.parent.parent)
-      key = (record["workdir"], record.get("protocol", "center"), record["weights"])
-      if key not in newest or (record["step"], record["date"]) >= (newest[key]["step"], newest[key]["date"]):
-        newest[key] = record
+    for run in [path, *sorted(p for p in path.iterdir() if p.is_dir())] if path.is_dir() else []:
+      for _, record in rundir.records(run):
+        record["workdir"] = str(run)
+        key = (record["workdir"], record.get("protocol", "center"), record["weights"], record["split"])
+        if key not in newest or (record["step"], record["date"]) >= (newest[key]["step"], newest[key]["date"]):
+          newest[key] = record
   if not newest:
     raise FileNotFoundError(f"no evaluation records (eval/*.json) under {', '.join(paths)}")
   return sorted(newest.values(), key=_order)
@@ -49,7 +48,7 @@ def model_of(record: dict) -> ModelConfig:
 
 
 def network(model: ModelConfig) -> str:
-  name = f"plain-{model.depth}" if model.plain else f"ResNet-{model.depth} ({model.shortcut})"
+  name = model.name if model.plain else f"{model.name} ({model.shortcut})"
   return name + (f" {model.variant}" if model.variant != "v1" else "")
 
 
@@ -89,23 +88,27 @@ def replace_block(text: str, table: str) -> str:
   return re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: f"{BEGIN}\n{table}\n{END}", text, flags=re.S)
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) < 2:
-    raise app.UsageError("usage: python -m resnet_jax.table RUN_OR_SWEEP_DIR... [--readme=README.md]")
+def define_flags(values: flags.FlagValues) -> None:
+  flags.DEFINE_string("readme", None, "rewrite this file's block between the results markers", flag_values=values)
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+  """Prints (and with --readme writes) the table of the runs named; returns it."""
+  args, paths = cli.parse(argv, define_flags, __doc__, positional=(1, None))
   try:
-    table = "\n".join(rows(find_records(argv[1:])))
-    if flags.FLAGS.readme:
-      readme = pathlib.Path(flags.FLAGS.readme)
+    table = "\n".join(rows(find_records(paths)))
+    if args.readme:
+      readme = pathlib.Path(args.readme)
       readme.write_text(replace_block(readme.read_text(), table))
   except (FileNotFoundError, ValueError) as error:
-    raise SystemExit(f"error: {error}") from None
+    raise DataError(str(error)) from None
   print(table)
+  return table
 
 
 def command() -> None:
-  """The `resnet-jax-table` console script (also `python -m resnet_jax.table`)."""
-  flags.DEFINE_string("readme", None, "rewrite this file's block between the results markers")
-  app.run(main)
+  """The `resnet-jax-table` console script (also `python -m resnet_jax.tools.table`)."""
+  cli.run(main)
 
 
 if __name__ == "__main__":

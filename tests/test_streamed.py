@@ -1,18 +1,15 @@
 """The streamed pipeline over an image folder and a tfds array_record build: labels, order, resume,
 process split, eval coverage, and the errors for data that is not prepared."""
 
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from resnet_jax.data import augment
-from resnet_jax.data import DatasetNotPrepared
 from resnet_jax.data.prepare import prepare
-from resnet_jax.data.stream import FolderSource, TfdsSource, eval_stream, shape_groups, train_stream, views_function
-from resnet_jax.errors import ConfigError
+from resnet_jax.data.streamed import FolderSource, TfdsSource, eval_stream, shape_groups, train_stream, views_function
+from resnet_jax.errors import ConfigError, DatasetNotPrepared
 
 CLASSES = ["n01440764", "n01443537", "n01484850"]  # sorted synset folder names
 
@@ -108,6 +105,7 @@ def test_unknown_or_unsupported_eval_resamplers_are_refused():
     views_function("multiscale", 256, 224, (224,), resampler="pil")
 
 
+@pytest.mark.xdist_group("fake_imagenet")  # one worker builds the fake ImageNet
 def test_folder_and_tfds_give_the_same_labels_for_the_same_images(fake_imagenet):
   for split, tfds_split, label_file in (("train", "train", None), ("val", "validation", "val_labels.txt")):
     folder = FolderSource(str(fake_imagenet / "folder"), split,
@@ -120,20 +118,18 @@ def test_folder_and_tfds_give_the_same_labels_for_the_same_images(fake_imagenet)
       assert by_name[record["file_name"].decode()] == tfds_source.read(i)[1]
 
 
-@pytest.mark.slow
 def test_unprepared_imagenet_says_where_the_tars_go_and_how_to_build(tmp_path):
+  from resnet_jax.data import prepare
   with pytest.raises(DatasetNotPrepared) as error:
     TfdsSource("imagenet2012", "train", str(tmp_path))
   message = str(error.value)
   assert "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar" in message
   assert f"python -m resnet_jax.data.prepare imagenet2012 --data_dir={tmp_path} --manual_dir=MANUAL" in message
-  command = [sys.executable, "-m", "resnet_jax.data.prepare", "imagenet2012", f"--data_dir={tmp_path}",
-             f"--manual_dir={tmp_path}"]
-  result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-  assert result.returncode == 1
-  assert "error: ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar not found" in result.stderr
+  with pytest.raises(DatasetNotPrepared, match="ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar not found"):
+    prepare.main(["imagenet2012", f"--data_dir={tmp_path}", f"--manual_dir={tmp_path}"])
 
 
+@pytest.mark.xdist_group("fake_imagenet")  # one worker builds the fake ImageNet
 def test_a_sequential_tfrecord_build_is_refused_with_the_rebuild_command(fake_imagenet, tmp_path):
   prepare("imagenet2012", str(tmp_path), str(fake_imagenet / "tars"), file_format="tfrecord")
   with pytest.raises(DatasetNotPrepared, match="random access. Rebuild it as array_record: python -m resnet_jax.data.prepare"):

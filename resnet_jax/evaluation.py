@@ -1,0 +1,86 @@
+"""Evaluation: every example of an eval split exactly once (the last batch padded and masked),
+top-1/top-5 accuracy and error. Used by the trainer after training and by the evaluate command on
+a saved checkpoint."""
+
+import functools
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from resnet_jax import sharding
+from resnet_jax.reporting import MAX_STEPS_IN_FLIGHT, fetch
+
+
+def correct_top_k(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+  k = min(k, logits.shape[-1])
+  return jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1).astype(jnp.float32)
+
+
+def eval_step(params: Any, batch_stats: Any, batch: dict, *, graphdef: nnx.GraphDef,
+              normalize: Callable[[jax.Array], jax.Array]) -> dict:
+  """Sums over the real (mask = 1) examples of one global batch.
+
+  Images are uint8 (batch, views, H, W, C), or a tuple of such with one size each (the scales of
+  Table 4's multi-scale testing), normalised here; an example's score is its softmax averaged over
+  all its views (1 center crop, the 10 crops of Table 3, or the whole image and its mirror at every
+  scale).
+  """
+  model = nnx.merge(graphdef, params, batch_stats)
+  groups = batch["image"] if isinstance(batch["image"], tuple) else (batch["image"],)
+  scores = []
+  for images in groups:
+    probabilities = jax.nn.softmax(model(normalize(images.reshape(-1, *images.shape[2:]))))
+    scores.append(probabilities.reshape(*images.shape[:2], -1))
+  scores = jnp.concatenate(scores, axis=1).mean(axis=1)
+  mask, labels = batch["mask"], batch["label"]
+  loss = -jnp.log(jnp.take_along_axis(scores, labels[:, None], axis=1)[:, 0] + 1e-12)
+  return {
+      "count": mask.sum(),
+      "loss": (loss * mask).sum(),
+      "top1": (correct_top_k(scores, labels, 1) * mask).sum(),
+      "top5": (correct_top_k(scores, labels, 5) * mask).sum(),
+  }
+
+
+# One jitted function for the whole process: with the (hashable) graphdef and normaliser static,
+# every periodic evaluation of a run reuses the first one's compilation.
+_compiled_eval_step = jax.jit(eval_step, static_argnames=("graphdef", "normalize"))
+
+
+def evaluate(experiment: Any, params: Any, batch_stats: Any, split: str | None = None) -> dict[str, float]:
+  """Scores a whole eval split (default: the config's `data.eval_split`); returns accuracies,
+  errors (in %), the mean loss and the count scored."""
+  step = functools.partial(_compiled_eval_step, graphdef=experiment.eval_graphdef,
+                           normalize=experiment.data.normalize)
+  batches: Iterable[dict] = experiment.data.eval_batches(split)
+  totals = {"count": 0.0, "loss": 0.0, "top1": 0.0, "top5": 0.0}
+  pending = []
+  for batch in sharding.prefetch_to_devices(batches, experiment.mesh):
+    pending.append(step(params, batch_stats, batch))
+    if len(pending) >= MAX_STEPS_IN_FLIGHT:
+      _accumulate(totals, fetch(pending))
+      pending = []
+  _accumulate(totals, fetch(pending))
+  count = totals["count"]
+  top1, top5 = 100 * totals["top1"] / count, 100 * totals["top5"] / count
+  return {
+      "top1": top1, "top5": top5, "top1_error": 100 - top1, "top5_error": 100 - top5,
+      "loss": totals["loss"] / count, "examples": int(count),
+  }
+
+
+def _accumulate(totals: dict[str, float], sums: list[dict[str, float]]) -> None:
+  for s in sums:
+    for name in totals:
+      totals[name] += s[name]
+
+
+def describe(results: dict[str, float]) -> str:
+  return (
+      f"top-1 {results['top1']:.2f}% (error {results['top1_error']:.2f}%), "
+      f"top-5 {results['top5']:.2f}% (error {results['top5_error']:.2f}%) "
+      f"on {results['examples']:,} examples"
+  )
