@@ -18,10 +18,11 @@ EXTRAS ?=
 # The stamp names the Python and the extras, so changing either rebuilds the venv.
 STAMP := $(VENV)/.installed-$(PYTHON_VERSION)$(EXTRAS:%=-%)
 UV_VERSION := 0.13.9
-# Two workers fit the 2-core CI machine; set PYTEST_WORKERS=auto on a bigger one. Tests sharing an
-# expensive fixture (a trained run, a sweep) name an xdist_group and run on one worker.
+# Two workers fit the 2-core CI machine; set PYTEST_WORKERS=auto on a bigger one. Whole files go to
+# a worker, so a module's expensive fixture (a trained run, a sweep) is made once. (--dist loadgroup
+# would do it per fixture, but xdist 3.8's groups are lost under pytest 9.)
 PYTEST_WORKERS ?= 2
-PYTEST = $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
+PYTEST = $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 # The first line of every target: which interpreter and stack this run uses.
 SAY_STACK = @$(PY) -c 'import sys, importlib.metadata as m; print(f"Python {sys.version.split()[0]} ({sys.executable}),", ", ".join(f"{p} {m.version(p)}" for p in ("jax", "jaxlib", "flax")))'
 

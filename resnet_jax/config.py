@@ -10,14 +10,17 @@ import re
 
 import ml_collections
 
+from resnet_jax import sections
 from resnet_jax.errors import ConfigError
 from resnet_jax.models.resnet import ModelConfig
+from resnet_jax.optim import OptimizerConfig, ScheduleConfig
 
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
-  # ModelConfig's defaults (the paper's), for the network the base data fits: CIFAR ResNet-20.
+  # The typed sections' defaults (the paper's); the model is the network the base data fits, CIFAR
+  # ResNet-20.
   c.model = ml_collections.ConfigDict(dataclasses.asdict(ModelConfig(depth=20, dataset="cifar")))
   c.data = ml_collections.ConfigDict(dict(
       # In memory: 'tfds' (a small prepared tfds set) or 'mnist_bundled'.
@@ -67,16 +70,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 500
   c.num_train_steps = 0  # > 0 overrides num_epochs
   c.num_epochs = 0.0
-  c.schedule = ml_collections.ConfigDict(dict(
-      decay="step", boundaries=(), decay_factor=0.1, unit="steps",
-      warmup=0.0, warmup_kind="linear", warmup_lr=0.0,
-  ))
+  c.schedule = ml_collections.ConfigDict(dataclasses.asdict(ScheduleConfig()))
   c.schedule.learning_rate = (
       c.get_ref("base_learning_rate") * c.get_ref("batch_size") / c.get_ref("base_batch_size")
   )
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="sgd", momentum=0.9, nesterov=False, weight_decay=1e-4, decay_bn_and_bias=True,
-  ))
+  c.optimizer = ml_collections.ConfigDict(dataclasses.asdict(OptimizerConfig()))
   c.label_smoothing = 0.0
   c.ema_decay = 0.0  # > 0 keeps an exponential moving average of the weights and evaluates it too
   c.log_every_steps = 50
@@ -88,16 +86,10 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-# (field, test, what it must be): the run-level settings that no other component checks. A value
-# that fails is refused before anything loads or compiles.
+# (field, test, what it must be): the run-level settings (the model, schedule and optimizer sections
+# check themselves). A value that fails is refused before anything loads or compiles.
 _RULES = (
     ("seed", lambda v: isinstance(v, int) and v >= 0, "a non-negative integer"),
-    ("schedule.learning_rate", lambda v: v > 0, "positive (a negative rate climbs the loss)"),
-    ("schedule.warmup", lambda v: v >= 0, "0 (none) or a positive length"),
-    ("schedule.warmup_lr", lambda v: v >= 0, "non-negative"),
-    ("schedule.decay_factor", lambda v: v > 0, "positive"),
-    ("optimizer.momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("optimizer.weight_decay", lambda v: v >= 0, "non-negative"),
     ("label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("ema_decay", lambda v: 0 <= v < 1, "in [0, 1) (0: no EMA)"),
     ("num_train_steps", lambda v: isinstance(v, int) and v >= 0, "0 (use num_epochs) or a positive integer"),
@@ -112,18 +104,9 @@ _RULES = (
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Refuses the first invalid run setting with a ConfigError naming it (the model, data and batch
-  fields are checked by the components that use them)."""
-  for field, valid, requirement in _RULES:
-    value = config
-    for key in field.split("."):
-      value = value[key]
-    try:
-      ok = valid(value)
-    except TypeError:
-      ok = False
-    if not ok:
-      raise ConfigError(f"{field}={value!r} is invalid: it must be {requirement} (--config.{field}=...)")
+  """Refuses the first invalid run setting with a ConfigError naming it (the sections, data and
+  batch fields are checked by the components that use them)."""
+  sections.check(config, "", _RULES)
   for name, split in config.evals.items():
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or not isinstance(split, str) or not split:
       raise ConfigError(f"evals.{name}={split!r} is invalid: each named evaluation is a lower-case name "

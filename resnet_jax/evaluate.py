@@ -59,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     for weights, params, batch_stats in scored:
       results = evaluate(experiment, params, batch_stats, split)
       path = rundir.write_record(workdir, step, config, results, weights, checkpoint=args.checkpoint,
-                                 evaluation=evaluation, split=split)
+                                 evaluation=evaluation, split=split,
+                                 command=rundir.command_line("resnet_jax.evaluate", argv))
       written.append(rundir.read_record(path) if jax.process_index() == 0 else None)
       if jax.process_index() == 0:
         print(f"step {step} ({weights} weights), {config.data.name} {split}, "

@@ -51,7 +51,8 @@ class Experiment:
     state = TrainState(
         step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
         opt_state=self.optimizer.init(params),
-        ema_params=params if self.config.ema_decay > 0 else None,
+        # A copy: the train step donates the state, and one buffer cannot be donated twice.
+        ema_params=jax.tree.map(jnp.copy, params) if self.config.ema_decay > 0 else None,
     )
     return jax.device_put(state, sharding.replicated(self.mesh))
 
@@ -77,6 +78,8 @@ def setup(config: ml_collections.ConfigDict, inputs: Inputs | None = None) -> Ex
   """Checks the config and loads what the run needs (the config's data, unless `inputs` stands in
   for it); every config error surfaces here, before anything compiles."""
   config_lib.validate(config)
+  schedule_config = optim.ScheduleConfig.from_mapping(config.schedule)
+  optimizer_config = optim.OptimizerConfig.from_mapping(config.optimizer)
   sharding.check_global_batch(config.eval_batch_size, "eval_batch_size")
   sharding.check_global_batch(config.batch_size, "batch_size")
   model_config = ModelConfig.from_mapping(config.model)
@@ -94,7 +97,7 @@ def setup(config: ml_collections.ConfigDict, inputs: Inputs | None = None) -> Ex
   total_steps = config.num_train_steps or round(config.num_epochs * steps_per_epoch)
   if total_steps <= 0:
     raise ConfigError("set num_train_steps or num_epochs to a positive value")
-  schedule = optim.learning_rate_schedule(config.schedule, steps_per_epoch, total_steps)
+  schedule = optim.learning_rate_schedule(schedule_config, steps_per_epoch, total_steps)
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   return Experiment(
       config=config, mesh=sharding.make_mesh(), model_config=model_config,
@@ -102,7 +105,7 @@ def setup(config: ml_collections.ConfigDict, inputs: Inputs | None = None) -> Ex
       eval_graphdef=nnx.graphdef(nnx.view(model, use_running_average=True)),
       data=inputs,
       steps_per_epoch=steps_per_epoch, total_steps=total_steps, schedule=schedule,
-      optimizer=optim.make_optimizer(config.optimizer, schedule, params),
+      optimizer=optim.make_optimizer(optimizer_config, schedule, params),
   )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from absl import flags
 
-from resnet_jax import cli, distributed
+from resnet_jax import cli, distributed, rundir
 from resnet_jax.reporting import quiet_libraries
 
 
@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
   try:
     distributed.initialize(**distributed.flag_settings(args))
-    outcome = train_and_evaluate(args.config, args.workdir)
+    outcome = train_and_evaluate(args.config, args.workdir, rundir.command_line("resnet_jax.main", argv))
   except jax.errors.JaxRuntimeError as error:
     if jax.process_count() == 1:
       raise

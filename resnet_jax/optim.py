@@ -4,43 +4,83 @@ Schedule boundaries are absolute step numbers (the paper's CIFAR "/10 at 32k and
 warmup iterations too); a config may give them in epochs, converted with the epoch length.
 """
 
+import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from resnet_jax.errors import ConfigError
-
-DECAYS = ("step", "cosine")
-WARMUPS = ("linear", "constant")
-OPTIMIZERS = ("sgd", "lars")
-UNITS = ("steps", "epochs")
+from resnet_jax import sections
 
 
-def _choice(value: str, valid: tuple[str, ...], what: str) -> str:
-  if value not in valid:
-    raise ConfigError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
-  return value
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig:
+  """The learning rate: a peak (`learning_rate`; the run config derives it from the batch size),
+  `decay` 'step' (x `decay_factor` at each of `boundaries`) or 'cosine' (to 0 at the end), lengths
+  in `unit` ('steps' | 'epochs'), and `warmup` of that length: 'linear' (Goyal et al.'s ramp from
+  `warmup_lr`) or 'constant' (`warmup_lr`, then the peak, as for ResNet-110)."""
+
+  learning_rate: float = 0.1
+  decay: str = "step"
+  boundaries: tuple[float, ...] = ()
+  decay_factor: float = 0.1
+  unit: str = "steps"
+  warmup: float = 0.0
+  warmup_kind: str = "linear"
+  warmup_lr: float = 0.0
+
+  def __post_init__(self):
+    sections.check(self, "schedule", (
+        ("learning_rate", lambda v: v > 0, "positive (a negative rate climbs the loss)"),
+        ("decay", lambda v: v in ("step", "cosine"), "'step' or 'cosine'"),
+        ("boundaries", lambda v: list(v) == sorted(v) and all(b > 0 for b in v), "positive and increasing"),
+        ("decay_factor", lambda v: v > 0, "positive"),
+        ("unit", lambda v: v in ("steps", "epochs"), "'steps' or 'epochs'"),
+        ("warmup", lambda v: v >= 0, "0 (none) or a positive length"),
+        ("warmup_kind", lambda v: v in ("linear", "constant"), "'linear' or 'constant'"),
+        ("warmup_lr", lambda v: v >= 0, "non-negative"),
+    ))
+
+  @classmethod
+  def from_mapping(cls, fields: Mapping[str, Any]) -> "ScheduleConfig":
+    return sections.from_mapping(cls, fields, "schedule")
 
 
-def learning_rate_schedule(schedule: Any, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
-  """`schedule` fields: learning_rate (peak), decay ('step' | 'cosine'), boundaries, decay_factor,
-  unit ('steps' | 'epochs', for boundaries and warmup), warmup (length), warmup_kind ('linear':
-  Goyal et al.'s ramp from warmup_lr; 'constant': warmup_lr, then the peak, as for ResNet-110)."""
-  unit = _choice(schedule.unit, UNITS, "schedule unit")
-  decay = _choice(schedule.decay, DECAYS, "learning-rate decay")
-  warmup_kind = _choice(schedule.warmup_kind, WARMUPS, "warmup kind")
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  """`name` 'sgd' (the paper's, with `momentum`, optionally `nesterov`) or 'lars' (You et al., for
+  large batches); `weight_decay` on every parameter (the paper) or, `decay_bn_and_bias=False`, on
+  the conv and dense kernels only."""
 
+  name: str = "sgd"
+  momentum: float = 0.9
+  nesterov: bool = False
+  weight_decay: float = 1e-4
+  decay_bn_and_bias: bool = True
+
+  def __post_init__(self):
+    sections.check(self, "optimizer", (
+        ("name", lambda v: v in ("sgd", "lars"), "'sgd' or 'lars'"),
+        ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("weight_decay", lambda v: v >= 0, "non-negative"),
+    ))
+
+  @classmethod
+  def from_mapping(cls, fields: Mapping[str, Any]) -> "OptimizerConfig":
+    return sections.from_mapping(cls, fields, "optimizer")
+
+
+def learning_rate_schedule(schedule: ScheduleConfig, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
+  """The schedule as a function of the step (see `ScheduleConfig`)."""
   def to_steps(length: float) -> int:
-    return round(length * steps_per_epoch) if unit == "epochs" else int(length)
+    return round(length * steps_per_epoch) if schedule.unit == "epochs" else int(length)
 
   peak = schedule.learning_rate
   warmup = to_steps(schedule.warmup)
-  if decay == "step":
+  if schedule.decay == "step":
     boundaries = [to_steps(b) for b in schedule.boundaries]
-    if boundaries != sorted(boundaries) or any(b <= 0 for b in boundaries):
-      raise ConfigError(f"schedule boundaries must be positive and increasing; got {boundaries}")
     main = optax.piecewise_constant_schedule(peak, {b: schedule.decay_factor for b in boundaries})
   else:
     span = max(total_steps - warmup, 1)
@@ -50,7 +90,7 @@ def learning_rate_schedule(schedule: Any, steps_per_epoch: int, total_steps: int
     if not warmup:
       return main(step)
     start = schedule.warmup_lr
-    ramp = start + (peak - start) * step / warmup if warmup_kind == "linear" else start
+    ramp = start + (peak - start) * step / warmup if schedule.warmup_kind == "linear" else start
     return jnp.where(step < warmup, ramp, main(step))
 
   return rate
@@ -61,14 +101,10 @@ def decay_mask(params: Any, decay_bn_and_bias: bool) -> Any:
   return jax.tree.map(lambda p: decay_bn_and_bias or p.ndim > 1, params)
 
 
-def make_optimizer(config: Any, schedule: optax.Schedule, params: Any) -> optax.GradientTransformation:
-  """`config` fields: name ('sgd' | 'lars'), momentum, nesterov, weight_decay, decay_bn_and_bias.
-
-  SGD adds the decay to the gradient before momentum, as Caffe and torch.optim.SGD do.
-  """
-  name = _choice(config.name, OPTIMIZERS, "optimizer")
+def make_optimizer(config: OptimizerConfig, schedule: optax.Schedule, params: Any) -> optax.GradientTransformation:
+  """SGD adds the decay to the gradient before momentum, as Caffe and torch.optim.SGD do."""
   mask = decay_mask(params, config.decay_bn_and_bias)
-  if name == "lars":
+  if config.name == "lars":
     kernels = decay_mask(params, False)  # LARS leaves BN and biases out of the trust ratio.
     return optax.lars(
         schedule, weight_decay=config.weight_decay, weight_decay_mask=mask,

@@ -21,7 +21,7 @@ import pathlib
 import platform
 import shlex
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 CHECKPOINTS = "checkpoints"
@@ -88,17 +88,17 @@ def is_run(path: str | pathlib.Path) -> bool:
 
 def write_record(workdir: str | pathlib.Path, step: int, config: Any, results: dict, weights: str = "live",
                  checkpoint: str | None = None, final: bool = False, evaluation: str | None = None,
-                 split: str | None = None) -> pathlib.Path:
+                 split: str | None = None, command: str | None = None) -> pathlib.Path:
   """Writes (on process 0) the record of one evaluation: what was scored (checkpoint, weights,
-  protocol, split and, for one of `config.evals`, its name), the numbers, the command, where and
-  when; `final` marks the end of a training run."""
+  protocol, split and, for one of `config.evals`, its name), the numbers, the command that ran it
+  (default: this process's), where and when; `final` marks the end of a training run."""
   import jax
 
   protocol = config.data.eval_view
   record = {
       "step": step, "weights": weights, "protocol": protocol, "split": split or config.data.eval_split,
       "evaluation": evaluation, "data": config.data.name, "checkpoint": checkpoint, "final": final,
-      "results": results, "command": command_line(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+      "results": results, "command": command or command_line(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
       "hardware": hardware(), "config": config.to_dict(),
   }
   name = f"step_{step}_{weights}_{protocol}{'' if evaluation is None else '_' + evaluation}.json"
@@ -138,9 +138,12 @@ def run_of_checkpoint(directory: str) -> str | None:
   return str(path.parent.parent) if path.parent.name == CHECKPOINTS and path.name.isdigit() else None
 
 
-def command_line() -> str:
-  """How this process was started, as a user would type it (`python -m module flags...`)."""
-  return shlex.join(["python", *sys.orig_argv[1:]])
+def command_line(module: str | None = None, argv: Sequence[str] | None = None) -> str:
+  """A command as a user would type it: `python -m module argv...` (a command run in-process, e.g.
+  from a notebook), or how this process was started."""
+  if module is None:
+    return shlex.join(["python", *sys.orig_argv[1:]])
+  return shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
 
 
 def hardware() -> dict[str, Any]:

@@ -55,18 +55,19 @@ def _evaluate_and_report(experiment, state, step, reporter) -> dict[tuple[str | 
   return scored
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (or resumes) the run in `workdir`; returns the final eval results."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, command: str | None = None) -> dict[str, Any]:
+  """Trains (or resumes) the run in `workdir`; returns the final eval results. `command` is what
+  the records say ran it (default: this process's command line)."""
   lock = WorkdirLock(workdir)
   if jax.process_index() == 0:
     lock.acquire()  # first: a second trainer, or an unwritable workdir, fails before any set-up
   try:
-    return _train(config, workdir)
+    return _train(config, workdir, command)
   finally:
     lock.release()
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def _train(config: ml_collections.ConfigDict, workdir: str, command: str | None) -> dict[str, Any]:
   from clu import parameter_overview, periodic_actions  # imports TensorFlow (~15 s): after the lock
 
   experiment = setup(config)
@@ -133,7 +134,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     splits = {None: config.data.eval_split, **config.evals}
     for (evaluation, weights), results in scored.items():
       path = rundir.write_record(workdir, total, config, results, weights, final=True, evaluation=evaluation,
-                                 split=splits[evaluation])
+                                 split=splits[evaluation], command=command)
       if jax.process_index() == 0 and weights == "live":
         print(f"final ({total} steps), {config.data.name} {splits[evaluation]}: {describe(results)}")
     if jax.process_index() == 0:

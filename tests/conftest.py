@@ -45,6 +45,15 @@ def run_python(code: str, env_updates: dict[str, str | None] | None = None, time
 
 
 @pytest.fixture(scope="session")
+def tiny_experiment():
+  """ResNet-8 on the bundled digits (batch 32, eval batch 96), set up but not trained."""
+  from resnet_jax.experiment import setup
+  config = load_config("mnist_demo", "depth=8,batch=32,steps=10")
+  config.eval_batch_size = 96
+  return setup(config)
+
+
+@pytest.fixture(scope="session")
 def fake_imagenet(tmp_path_factory):
   """A tiny ILSVRC2012 in both layouts users keep it in, from the same JPEGs:
 

@@ -129,7 +129,6 @@ def test_the_scan_command_writes_the_exclude_file_with_progress(image_folder, ca
   assert bad == ["train/b/1.JPEG"] and streamed.read_exclusions(str(output)) == set(bad)
 
 
-@pytest.mark.xdist_group("fake_imagenet")  # one worker builds the fake ImageNet
 def test_tfds_records_are_excluded_by_split_and_index(fake_imagenet):
   whole = streamed.TfdsSource("imagenet2012", "train", str(fake_imagenet / "tfds"))
   kept = streamed.TfdsSource("imagenet2012", "train", str(fake_imagenet / "tfds"), exclude={"train[0]", "train[5]"})

@@ -78,8 +78,7 @@ def assert_same_losses(run, reference, steps):
     assert abs(run[step] - reference[step]) <= TOLERANCE * abs(reference[step]), (step, run[step], reference[step])
 
 
-# Session scope and one xdist group: trained once, however the worker interleaves other modules.
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   """The same 8 steps on 2 processes x 4 devices and on 1 process x 8 devices."""
   root = tmp_path_factory.mktemp("multihost")
@@ -90,7 +89,6 @@ def runs(tmp_path_factory):
   return {"two": root / "two", "one": root / "one", "output": output}
 
 
-@pytest.mark.xdist_group("multihost_runs")
 def test_two_processes_train_as_one_process_over_as_many_devices(runs):
   assert "training 8 steps (125 per epoch), from step 0, on 8 device(s) of cpu" in runs["output"]
   two, one = losses(runs["two"]), losses(runs["one"])
@@ -102,7 +100,6 @@ def test_two_processes_train_as_one_process_over_as_many_devices(runs):
   assert runs["output"].count("final (8 steps)") == 1 and "[0] final (8 steps)" in runs["output"]
 
 
-@pytest.mark.xdist_group("multihost_runs")
 def test_eval_over_two_processes_scores_every_example_once(runs):
   """The 2-process run's final eval equals a 1-process scoring of the same checkpoint: 1,000 digits in
   batches of 96 (the last one padded), split across processes."""
@@ -116,7 +113,6 @@ def test_eval_over_two_processes_scores_every_example_once(runs):
   assert record["loss"] == pytest.approx(in_run["eval/loss"], rel=1e-5)
 
 
-@pytest.mark.xdist_group("multihost_runs")
 def test_checkpoint_from_two_processes_resumes_in_one_process(runs, tmp_path):
   """Restart the 2-process run from its step-4 checkpoint in 1 process over 2 devices."""
   workdir = tmp_path / "moved"

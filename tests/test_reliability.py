@@ -99,7 +99,7 @@ def test_a_second_ctrl_c_aborts_at_once_without_waiting_for_the_step():
 def test_a_diverging_rate_never_writes_a_non_finite_checkpoint(tmp_path):
   """lr 1e39: the state after step 1 is all NaN while its loss was finite. Before: it was saved as
   'the last good checkpoint' and every rerun, even at a sane rate, restored it and failed. (That
-  a checkpoint holding NaNs is not restored is tested in test_checkpoint_eval.)"""
+  a checkpoint holding NaNs is not restored is tested in test_checkpoint.py.)"""
   from resnet_jax.train import train_and_evaluate
   config = load_config("mnist_demo", "depth=8,batch=32,steps=6")
   config.eval_batch_size, config.checkpoint_every_steps, config.schedule.learning_rate = 96, 1, 1e39

@@ -14,9 +14,7 @@ from runs import losses, metrics, saved_steps
 from resnet_jax.errors import DataError
 from resnet_jax.tools import plot, sweep as sweep_tool, table
 
-# The sweep's training processes: `make test-fast` leaves these out. One worker runs them all and
-# the sweep is a session fixture, so it is trained once.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("sweep")]
+pytestmark = pytest.mark.slow  # the sweep's training processes: `make test-fast` leaves these out
 
 # Two 6-step runs (plain and residual ResNet-8), evaluated at steps 3 and 6.
 GRID = ["--config=configs/mnist_demo.py", "--grid=depth=8", "--grid=plain=False,True", "--grid=batch=32",
@@ -32,7 +30,7 @@ def run_sweep(*arguments) -> tuple[list[str], str]:
   return failed, output.getvalue()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
   root = tmp_path_factory.mktemp("sweep")
   failed, output = run_sweep(f"--root={root}")

@@ -105,7 +105,6 @@ def test_unknown_or_unsupported_eval_resamplers_are_refused():
     views_function("multiscale", 256, 224, (224,), resampler="pil")
 
 
-@pytest.mark.xdist_group("fake_imagenet")  # one worker builds the fake ImageNet
 def test_folder_and_tfds_give_the_same_labels_for_the_same_images(fake_imagenet):
   for split, tfds_split, label_file in (("train", "train", None), ("val", "validation", "val_labels.txt")):
     folder = FolderSource(str(fake_imagenet / "folder"), split,
@@ -129,7 +128,6 @@ def test_unprepared_imagenet_says_where_the_tars_go_and_how_to_build(tmp_path):
     prepare.main(["imagenet2012", f"--data_dir={tmp_path}", f"--manual_dir={tmp_path}"])
 
 
-@pytest.mark.xdist_group("fake_imagenet")  # one worker builds the fake ImageNet
 def test_a_sequential_tfrecord_build_is_refused_with_the_rebuild_command(fake_imagenet, tmp_path):
   prepare("imagenet2012", str(tmp_path), str(fake_imagenet / "tars"), file_format="tfrecord")
   with pytest.raises(DatasetNotPrepared, match="random access. Rebuild it as array_record: python -m resnet_jax.data.prepare"):
@@ -154,3 +152,28 @@ def test_multiscale_eval_batches_images_by_shape_and_scores_each_once(source, pr
                zip(large, batch["label"], batch["mask"]) if m]
   assert shapes == {(12, 16), (12, 14), (12, 12), (14, 12)}  # 4:3, 8:7, 1:1, 7:8 at shorter side 12
   assert sorted(seen) == [(k, k) for k in range(3) for _ in range(4)]
+
+
+def test_the_scale_range_follows_the_crop_size_and_bad_augmentation_settings_are_refused():
+  """Sec. 3.4's [256, 480] is for 224-pixel crops; at 56 pixels the default range is [64, 120], so
+  a crop covers the same share of the image (a fixed [256, 480] would crop 1/16 of its area)."""
+  from conftest import load_config
+  from resnet_jax.data import inputs
+  config = load_config("imagenet", "depth=18")
+  assert inputs.paper_scale_range(224) == (256, 480)
+  config.data.image_size = 56
+  assert inputs.SETTINGS["streamed"]["augmentation"]["paper"](config.data).keywords["scale"] == (64, 120)
+  config.data.scale_range = (300, 400)
+  assert inputs.SETTINGS["streamed"]["augmentation"]["paper"](config.data).keywords["scale"] == (300, 400)
+  inputs.check_settings(config.data, "streamed")
+  for field, value, message in (
+      ("scale_range", (40, 120), r"data.scale_range=\(40, 120\) must be .* image_size=56 <= low <= high"),
+      ("crop_area", (0.5, 1.5), r"data.crop_area=\(0.5, 1.5\) must be 0 < low <= high <= 1"),
+      ("augmentation", "crop_flip", "data.augmentation='crop_flip' is not valid for imagenet2012, which is streamed "
+                                    r"from disk .*\('crop_flip' is for in memory data\); valid: paper, inception"),
+      ("normalization", "pixel_mean", "valid: channel_mean_std, channel_mean"),
+  ):
+    bad = config.copy_and_resolve_references()
+    bad.data[field] = value
+    with pytest.raises(ConfigError, match=message):
+      inputs.check_settings(bad.data, "streamed")

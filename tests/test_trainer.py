@@ -16,7 +16,8 @@ import pytest
 from runs import ROOT, by_step, environment, evaluate_here, leaves, losses, metrics, read_state, saved_steps, start, \
     train, train_here
 
-from resnet_jax import main
+from conftest import load_config
+from resnet_jax import main, rundir
 from resnet_jax.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 
 pytestmark = pytest.mark.slow  # whole training runs: `make test-fast` leaves these out
@@ -48,9 +49,12 @@ def test_one_device_and_eight_devices_give_the_same_losses_and_bn_statistics(tmp
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
   record = json.loads((runs[8] / "eval" / "step_5_live_center.json").read_text())
   assert record["results"]["examples"] == 1000 and record["hardware"]["devices"] == 8  # 1000 = 10 x 96 + 40
+  in_process = json.loads((runs[1] / "eval" / "step_5_live_center.json").read_text())
+  assert in_process["hardware"]["devices"] == 1 and in_process["command"].startswith(
+      f"python -m resnet_jax.main --config={ROOT}/configs/mnist_demo.py:depth=8")  # as a user would type it
 
 
-@pytest.fixture(scope="session")  # with its tests in one xdist group: trained once
+@pytest.fixture(scope="module")
 def straight_run(tmp_path_factory):
   """24 uninterrupted steps, checkpoints every 4, evaluations every 5 steps."""
   workdir = tmp_path_factory.mktemp("straight")
@@ -65,7 +69,6 @@ def assert_same_run(workdir, reference):
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.xdist_group("straight_run")
 def test_resume_after_sigkill_at_a_random_step_is_bit_identical(straight_run, tmp_path, caplog):
   reference, _ = straight_run
   process = start(tmp_path, 24, "--config.checkpoint_every_steps=4", "--config.eval_every_epochs=0.04")
@@ -82,7 +85,6 @@ def test_resume_after_sigkill_at_a_random_step_is_bit_identical(straight_run, tm
   assert_same_run(tmp_path, reference)
 
 
-@pytest.mark.xdist_group("straight_run")
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly_then_resumes_identically(straight_run, tmp_path):
   reference, _ = straight_run
   # Checkpoints only at the end, so the one found after SIGTERM is the preemption's.
@@ -100,7 +102,6 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly_then_resumes_identically(s
   assert_same_run(tmp_path, reference)
 
 
-@pytest.mark.xdist_group("straight_run")
 def test_keeps_the_last_checkpoints_and_the_best_by_eval_top1(straight_run):
   workdir, _ = straight_run
   evals = by_step(workdir, "eval/top1")
@@ -111,7 +112,6 @@ def test_keeps_the_last_checkpoints_and_the_best_by_eval_top1(straight_run):
   assert {16, 20, 24} <= set(kept) and best in kept and len(kept) <= 4, (kept, evals)
 
 
-@pytest.mark.xdist_group("straight_run")
 def test_evaluate_command_scores_the_checkpoint_and_writes_json(straight_run, capsys):
   workdir, outcome = straight_run
   (record,) = evaluate_here(workdir, 24)
@@ -121,6 +121,8 @@ def test_evaluate_command_scores_the_checkpoint_and_writes_json(straight_run, ca
   assert record["results"]["top1"] + record["results"]["top1_error"] == pytest.approx(100)
   assert record["results"]["examples"] == 1000
   assert (record["protocol"], record["step"], record["hardware"]["platform"]) == ("center", 24, "cpu")
+  # Run in this process, the records name the commands as a user would type them, not pytest's.
+  assert record["command"].startswith("python -m resnet_jax.evaluate --config=") and "--workdir=" in record["command"]
   # One checkpoint directory, scored on its own: the numbers the run logged at that step.
   (at_20,) = evaluate_here(workdir, 24, f"--checkpoint={workdir / 'checkpoints' / '20'}")
   assert at_20["step"] == 20 and at_20["results"]["top1"] == pytest.approx(by_step(workdir, "eval/top1")[20])
@@ -148,6 +150,30 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
   assert all(np.isfinite(x).all() for x in leaves(read_state(tmp_path)["params"]))
 
 
+def test_ema_weights_and_named_evaluations_are_logged_saved_recorded_and_rescored(tmp_path):
+  """A run with an EMA of its weights and a second, named evaluation (the training split): each
+  (evaluation, weights) pair is logged under its own name and recorded at the end; the EMA is saved
+  and restored with the state, so the evaluate command scores both weights to the logged numbers."""
+  from resnet_jax.train import train_and_evaluate
+  config = load_config("mnist_demo", "depth=8,batch=32,steps=6")
+  config.eval_batch_size, config.ema_decay, config.evals = 500, 0.5, {"train": "train"}
+  outcome = train_and_evaluate(config, str(tmp_path))
+  final = {name: value for record in metrics(tmp_path) if record["step"] == 6 for name, value in record.items()}
+  scored = {("", "live"): 1000, ("", "ema"): 1000, ("train", "live"): 4000, ("train", "ema"): 4000}
+  for (evaluation, weights), examples in scored.items():
+    prefix = rundir.metric_prefix(evaluation or None, weights)
+    assert final["step"] == 6 and final[f"{prefix}examples"] == examples, (prefix, final)
+    name = f"step_6_{weights}_center{'_' + evaluation if evaluation else ''}.json"
+    record = json.loads((tmp_path / "eval" / name).read_text())
+    assert record["final"] and record["results"]["top1"] == pytest.approx(final[f"{prefix}top1"])
+  assert outcome["loss"] == final["eval/loss"] != final["eval_ema/loss"]  # an EMA of 6 steps scores otherwise
+  state = read_state(tmp_path, 6)
+  assert any(not np.array_equal(e, p) for e, p in zip(leaves(state["ema_params"]), leaves(state["params"])))
+  rescored = evaluate_here(tmp_path, 6, "--config.ema_decay=0.5", "--config.eval_batch_size=500")
+  assert [(r["weights"], r["split"]) for r in rescored] == [("live", "test"), ("ema", "test")]
+  assert [r["results"]["loss"] for r in rescored] == pytest.approx([final["eval/loss"], final["eval_ema/loss"]])
+
+
 def test_imagenet_config_trains_from_an_image_folder_and_scores_ten_crops(tmp_path):
   import tensorflow as tf
   rng = np.random.default_rng(0)
@@ -169,7 +195,6 @@ def test_imagenet_config_trains_from_an_image_folder_and_scores_ten_crops(tmp_pa
     main.main(arguments[:1] + [f"--workdir={tmp_path / 'other'}"])
 
 
-@pytest.mark.xdist_group("fake_imagenet")  # one worker builds the fake ImageNet
 def test_imagenet_config_trains_from_the_tfds_build_and_scores_multiscale(fake_imagenet, tmp_path):
   """The tfds reader runs Python callbacks in tf.data threads: the process must still exit 0."""
   arguments = imagenet_arguments("depth=18,batch=4,source=tfds", tmp_path / "run", fake_imagenet / "tfds",

@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -20,6 +20,9 @@ import numpy as np
 from resnet_jax.data.in_memory import Normalizer, PadCropFlip, TrainBatches, eval_batches
 from resnet_jax.data.sources import load_split, tfds_has_fixed_shape
 from resnet_jax.errors import ConfigError
+
+if TYPE_CHECKING:  # imported when streaming: it imports TensorFlow
+  from resnet_jax.data import streamed
 
 
 @dataclasses.dataclass
@@ -136,7 +139,7 @@ def _in_memory_inputs(config: Any) -> Inputs:
   )
 
 
-def stream_sources(config: Any, exclude: set[str] = frozenset()) -> list[Any]:
+def stream_sources(config: Any, exclude: set[str] = frozenset()) -> list["streamed.Source"]:
   """The train source of a streamed data set (an image folder or a tfds build), then one for each
   split it scores (`eval_splits`)."""
   from resnet_jax.data import streamed

@@ -19,12 +19,12 @@ from absl import flags
 from resnet_jax import cli
 from resnet_jax.data import augment
 from resnet_jax.data.inputs import kind_of, stream_sources
-from resnet_jax.data.streamed import load_failure
+from resnet_jax.data.streamed import Source, load_failure
 from resnet_jax.data.tf_on_cpu import tf
 from resnet_jax.errors import ConfigError
 
 
-def find_bad_images(source, progress: Callable[[int, int], None] = lambda done, total: None) -> list[tuple[int, str]]:
+def find_bad_images(source: Source, progress: Callable[[int, int], None] = lambda done, total: None) -> list[tuple[int, str]]:
   """(index, reason) of every example of `source` whose image does not decode."""
   read = source.reader()
 

@@ -12,7 +12,7 @@ import itertools
 import logging
 import pathlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -44,6 +44,26 @@ def read_exclusions(path: str) -> set[str]:
   except OSError as error:
     raise ConfigError(f"cannot read data.exclude_file={path!r}: {error.strerror}") from None
   return {line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")}
+
+
+class Source(Protocol):
+  """What the streams read: a split of encoded images by index. `FolderSource` and `TfdsSource` are
+  the two; another format (e.g. webdataset shards with an index) needs only these."""
+
+  split: str
+  num_classes: int
+  excluded: set[str]  # the ids of data.exclude_file found in this split
+
+  def __len__(self) -> int: ...
+
+  def reader(self) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+    """A tf.data function from an index to (encoded image bytes, label)."""
+
+  def example_id(self, index: int) -> str:
+    """The id data.exclude_file lists to leave the example out."""
+
+  def describe(self, index: int) -> str:
+    """The example as a user finds it (a path, a tfds record)."""
 
 
 class FolderSource:
@@ -178,7 +198,7 @@ class TfdsSource:
 
 
 def train_stream(
-    source,
+    source: Source,
     global_batch: int,
     augment: Callable[[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]],
     *,
@@ -226,7 +246,7 @@ def train_stream(
   return _naming_bad_examples(batches, source, lambda index, s: augment(read(index)[0], s), batch_examples)
 
 
-def _naming_bad_examples(batches, source, load: Callable, batch_examples: Callable[[int], list]) -> Iterator[dict]:
+def _naming_bad_examples(batches, source: Source, load: Callable, batch_examples: Callable[[int], list]) -> Iterator[dict]:
   """Passes the batches on; when tf.data fails on one (an image that does not decode), loads that
   batch's examples one by one to name the bad one(s) in a DataError."""
   for number in itertools.count():
@@ -248,7 +268,7 @@ def load_failure(load: Callable, *arguments) -> str | None:
   return None
 
 
-def bad_examples_error(source, candidates: list[tuple], load: Callable, error: Exception) -> DataError:
+def bad_examples_error(source: Source, candidates: list[tuple], load: Callable, error: Exception) -> DataError:
   """A DataError naming which of `candidates` ((index, ...) argument tuples of `load`) fail to load."""
   bad = [(int(arguments[0]), reason) for arguments in candidates if (reason := load_failure(load, *arguments))]
   if not bad:
@@ -262,7 +282,7 @@ def bad_examples_error(source, candidates: list[tuple], load: Callable, error: E
 
 
 def eval_stream(
-    source,
+    source: Source,
     global_batch: int,
     views: Callable[[tf.Tensor], tf.Tensor | tuple[tf.Tensor, ...]],
     *,
@@ -308,7 +328,7 @@ def _eval_plan(groups: np.ndarray, global_batch: int) -> tuple[np.ndarray, np.nd
   return plan[0], plan[1].astype(np.float32)
 
 
-def shape_groups(source) -> np.ndarray:
+def shape_groups(source: Source) -> np.ndarray:
   """Each example's multi-scale shape bucket, from its image header; one pass over the split, the
   same on every process."""
   read = source.reader()

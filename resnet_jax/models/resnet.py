@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from resnet_jax import paper
+from resnet_jax import paper, sections
 from resnet_jax.errors import ConfigError
 from resnet_jax.models.blocks import (
     SHORTCUT_OPTIONS,
@@ -125,12 +125,7 @@ class ModelConfig:
   @classmethod
   def from_mapping(cls, fields: Mapping[str, Any]) -> "ModelConfig":
     """From a dict or an ml_collections ConfigDict; an unknown field is an error, not ignored."""
-    fields = dict(fields.items())
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-      raise ConfigError(f"unknown model option(s) {unknown}; valid: {_listing(sorted(known))}")
-    return cls(**fields)
+    return sections.from_mapping(cls, fields, "model")
 
   @property
   def name(self) -> str:
