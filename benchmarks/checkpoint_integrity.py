@@ -1,25 +1,29 @@
 """What the checkpoint manifest costs: the seconds to save a ResNet-50 train state (SGD momentum,
 float32) with Orbax, and to checksum and to verify its files, as a share of the save.
 
-  .venv/bin/python benchmarks/checkpoint_integrity.py [--depth 50] [--repeats 3]
+  .venv/bin/python benchmarks/checkpoint_integrity.py [--depth=50] [--repeats=3]
 """
 
-import argparse
 import pathlib
 import tempfile
 import time
+from collections.abc import Sequence
 
 import numpy as np
+from absl import flags
 
 import resnet_jax  # noqa: F401  (first: the CPU work-around)
+from resnet_jax import cli
 from resnet_jax.checkpoint import Checkpoints, verify_manifest, write_manifest
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--depth", type=int, default=50)
-  parser.add_argument("--repeats", type=int, default=3)
-  args = parser.parse_args()
+def define_flags(values: flags.FlagValues) -> None:
+  flags.DEFINE_integer("depth", 50, "ImageNet ResNet depth", flag_values=values)
+  flags.DEFINE_integer("repeats", 3, "saves to time", flag_values=values)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  args, _ = cli.parse(argv, define_flags, __doc__)
 
   import jax
   import optax
@@ -56,4 +60,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

@@ -1,6 +1,6 @@
 """Input-pipeline throughput: train and eval images/s per CPU core on ImageNet-sized JPEGs.
 
-  .venv/bin/python benchmarks/input_pipeline.py [--images 256] [--batches 30]
+  .venv/bin/python benchmarks/input_pipeline.py [--images=256] [--batches=30]
 
 Makes its own JPEG folder (500x375, ImageNet's median size, ~110 KB at quality 90 of smooth noise),
 then times, in one run: a plain baseline (full decode, resize the shorter side to 256, center
@@ -8,17 +8,19 @@ crop 224), the paper's and the Inception train pipelines (bilinear resize of the
 and antialiased), and the center, 10-crop and multi-scale eval views.
 """
 
-import argparse
 import functools
 import os
 import pathlib
 import tempfile
 import time
+from collections.abc import Sequence
 
 import numpy as np
-import tensorflow as tf
+from absl import flags
 
+from resnet_jax import cli
 from resnet_jax.data import augment, streamed
+from resnet_jax.data.tf_on_cpu import tf
 
 
 def make_folder(root: pathlib.Path, count: int) -> None:
@@ -40,12 +42,14 @@ def rate(batches, count: int, batch: int) -> float:
   return count * batch / (time.perf_counter() - start)
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--images", type=int, default=256)
-  parser.add_argument("--batches", type=int, default=30)
-  parser.add_argument("--batch", type=int, default=64)
-  args = parser.parse_args()
+def define_flags(values: flags.FlagValues) -> None:
+  flags.DEFINE_integer("images", 256, "JPEGs to make", flag_values=values)
+  flags.DEFINE_integer("batches", 30, "batches timed per pipeline", flag_values=values)
+  flags.DEFINE_integer("batch", 64, "images a batch", flag_values=values)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  args, _ = cli.parse(argv, define_flags, __doc__)
   cores = len(os.sched_getaffinity(0))
   with tempfile.TemporaryDirectory() as tmp:
     root = pathlib.Path(tmp)
@@ -78,4 +82,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

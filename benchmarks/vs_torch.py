@@ -28,8 +28,8 @@ def jax_worker(depth: int, batch: int, size: int, steps: int, warmup: int) -> No
 
   import jax
 
-  from resnet_jax.tools.benchmark import compile_step, synthetic_batch, synthetic_inputs, time_steps
   from resnet_jax.experiment import setup
+  from resnet_jax.tools.benchmark import compile_step, synthetic_batch, synthetic_inputs, time_steps
 
   spec = importlib.util.spec_from_file_location("imagenet", ROOT / "configs/imagenet.py")
   module = importlib.util.module_from_spec(spec)
@@ -102,6 +102,8 @@ def _line(process: subprocess.Popen, kind: str) -> str:
 
 
 def main() -> None:
+  # argparse, not our absl convention: the torch worker runs this file under an interpreter that may
+  # have torch and nothing of ours.
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--depth", type=int, default=50)
   parser.add_argument("--batch", type=int, default=8)

@@ -121,8 +121,8 @@ def test_a_converted_network_scores_our_views_as_torch_scores_torchvisions(photo
   import jax
   from test_convert import our_logits, state_dict_arrays, torch_logits, torch_resnet
 
-  from resnet_jax.tools.convert import convert_state_dict
   from resnet_jax.data.in_memory import Normalizer
+  from resnet_jax.tools.convert import convert_state_dict
   model = torch_resnet("resnet50")
   weights = convert_state_dict(state_dict_arrays(model), "resnet50")
   normalize = Normalizer.imagenet()

@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 
 from resnet_jax import sharding
-from resnet_jax.tools.convert import ARCHS, convert_state_dict
 from resnet_jax.data.in_memory import IMAGENET_MEAN, IMAGENET_STD, Normalizer
+from resnet_jax.tools.convert import ARCHS, convert_state_dict
 
 STEPS, WARMUP, BOUNDARY = 20, 4, 12  # the rate ramps up over steps 0-3 and drops 10x from step 12
 FLOAT32_STEPS = 3  # float32 reproduces itself to 1e-6 this far (see above)
