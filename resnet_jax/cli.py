@@ -61,7 +61,8 @@ def parse(argv: Sequence[str] | None, define: Callable[[flags.FlagValues], None]
                                     lock_config=True, sys_argv=[sys.argv[0], *argv])
     flags.mark_flag_as_required("config", flag_values=values)
   define(values)
-  values.append_flag_values(flags.FLAGS)  # absl's logging flags (--verbosity, --logtostderr, ...)
+  for flag in flags.FLAGS.get_flags_for_module("absl.logging"):  # --verbosity, --logtostderr, ...
+    values[flag.name] = flag
   if "--help" in argv or "-h" in argv:
     print(f"{usage.strip()}\n\nflags:\n{values.get_help(include_special_flags=False)}")
     sys.exit(0)
