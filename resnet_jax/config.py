@@ -113,6 +113,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
                         f"(letters, digits, _) mapped to a split, e.g. c.evals.test = 'test'")
 
 
+def evaluations(config: ml_collections.ConfigDict) -> dict[str | None, str]:
+  """Each evaluation a run makes, name -> split: the config's eval split (None), then `evals`."""
+  return {None: config.data.eval_split, **config.evals}
+
+
 def parse_arguments(argument: str | None, defaults: dict) -> dict:
   """'depth=56,plain=True' -> {'depth': 56, 'plain': True}, typed like `defaults`; unknown keys fail."""
   values = dict(defaults)

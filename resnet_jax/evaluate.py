@@ -37,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
   import jax
 
   from resnet_jax.checkpoint import weights_from_directory, weights_from_run
+  from resnet_jax.config import evaluations
   from resnet_jax.evaluation import describe, evaluate
   from resnet_jax.experiment import setup
 
@@ -55,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
   else:
     step, scored = weights_from_run(experiment, workdir, args.step)
   written = []
-  for evaluation, split in [(None, config.data.eval_split), *config.evals.items()]:
+  for evaluation, split in evaluations(config).items():
     for weights, params, batch_stats in scored:
       results = evaluate(experiment, params, batch_stats, split)
       path = rundir.write_record(workdir, step, config, results, weights, checkpoint=args.checkpoint,

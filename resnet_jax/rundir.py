@@ -31,15 +31,13 @@ METRICS = "metrics.jsonl"
 EVAL = "eval"
 SWEEP_LOG = "train.log"
 LOCK = "LOCK"
+TRAIN_PREFIX = "train/"  # the trainer's metric names; an evaluation's: `metric_prefix`
 
 
 def metric_prefix(evaluation: str | None = None, weights: str = "live") -> str:
   """The prefix of an evaluation's metric names: `eval/` for the config's eval split, `eval_NAME/`
   for a named one of `config.evals`, with `_ema` for the EMA weights' scores."""
   return f"eval{'' if evaluation is None else '_' + evaluation}{'' if weights == 'live' else '_' + weights}/"
-
-
-TRAIN_PREFIX = "train/"
 
 
 def write_atomically(path: pathlib.Path, text: str) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 
 from resnet_jax import rundir, sharding
 from resnet_jax.checkpoint import Checkpoints, PreemptionWatch
+from resnet_jax.config import evaluations
 from resnet_jax.errors import ConfigError, TrainingDiverged
 from resnet_jax.evaluation import describe, evaluate
 from resnet_jax.experiment import setup
@@ -43,9 +44,8 @@ def _evaluate_and_report(experiment, state, step, reporter) -> dict[tuple[str | 
   """Scores the config's eval split and each named evaluation, with the live weights and the EMA's
   (when kept); logs them all. Returns the results by (evaluation name, weights)."""
   weights = [("live", state.params)] + ([("ema", state.ema_params)] if state.ema_params is not None else [])
-  evaluations = [(None, experiment.config.data.eval_split), *experiment.config.evals.items()]
   scored = {}
-  for evaluation, split in evaluations:
+  for evaluation, split in evaluations(experiment.config).items():
     for name, params in weights:
       results = evaluate(experiment, params, state.batch_stats, split)
       prefix = rundir.metric_prefix(evaluation, name)
@@ -131,7 +131,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, command: str | None)
         return {"preempted": True, "step": done}
     if scored is None:  # the run was already complete: report its final numbers again
       scored = _evaluate_and_report(experiment, state, total, reporter)
-    splits = {None: config.data.eval_split, **config.evals}
+    splits = evaluations(config)
     for (evaluation, weights), results in scored.items():
       path = rundir.write_record(workdir, total, config, results, weights, final=True, evaluation=evaluation,
                                  split=splits[evaluation], command=command)

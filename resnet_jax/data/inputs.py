@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 import numpy as np
 
+from resnet_jax import config as config_lib
 from resnet_jax.data.in_memory import Normalizer, PadCropFlip, TrainBatches, eval_batches
 from resnet_jax.data.sources import load_split, tfds_has_fixed_shape
 from resnet_jax.errors import ConfigError
@@ -113,7 +114,7 @@ def check_settings(data: Any, kind: str) -> None:
 
 def eval_splits(config: Any) -> list[str]:
   """The splits a run scores, each once: its eval split, then each named evaluation's."""
-  return list(dict.fromkeys([config.data.eval_split, *config.evals.values()]))
+  return list(dict.fromkeys(config_lib.evaluations(config).values()))
 
 
 def make_inputs(config: Any) -> Inputs:
