@@ -22,6 +22,8 @@ ResNet-50 20.74/5.25, -101 19.87/4.60, -152 19.38/4.49. Center-crop top-1 of tor
 v1.5 recipe: ResNet-50 76.13.
 Data: ILSVRC2012 as an image folder, data_dir/train/<synset>/*.JPEG and data_dir/val/<synset>/*.JPEG
 (or a flat val/ with --config.data.eval_label_file); class k is the k-th synset in sorted order.
+Records name the data by the folder's name; --config.data.name=imagenet2012 states that it is
+ILSVRC2012, and the results table then shows the paper's numbers beside it.
 Or source=tfds: the tfds imagenet2012 build in data_dir, made once from the two ILSVRC2012 tars by
 `python -m resnet_jax.data.prepare imagenet2012 --manual_dir=TARS --data_dir=DIR` (same labels).
 Train views: Sec. 3.4's scale augmentation [256, 480], 224 crop, flip, PCA lighting
@@ -36,6 +38,7 @@ from resnet_jax.config import base_config, parse_arguments
 DEFAULTS = dict(depth=50, shortcut="B", plain=False, variant="v1", batch=256, epochs=90, dtype="float32",
                 source="folder")
 EVAL_SPLIT = {"folder": "val", "tfds": "validation"}
+NAME = {"folder": "", "tfds": "imagenet2012"}
 
 
 def get_config(argument: str | None = None):
@@ -46,7 +49,9 @@ def get_config(argument: str | None = None):
                       dtype=args["dtype"]))
   if args["source"] not in EVAL_SPLIT:
     raise ValueError(f"source must be one of {', '.join(EVAL_SPLIT)}; got {args['source']!r}")
-  c.data.update(dict(source=args["source"], name="imagenet2012", data_dir="", train_split="train",
+  # An image folder is named by its directory in the records unless --config.data.name says what it
+  # holds (=imagenet2012 puts the paper's numbers beside it in the results table).
+  c.data.update(dict(source=args["source"], name=NAME[args["source"]], data_dir="", train_split="train",
                      eval_split=EVAL_SPLIT[args["source"]], augmentation="paper", image_size=224, eval_resize=256,
                      eval_view="center", normalization="channel_mean_std"))
   c.batch_size = args["batch"]

@@ -22,6 +22,7 @@ import logging
 import os
 import pathlib
 import re
+import shutil
 import signal
 import threading
 import time
@@ -33,11 +34,17 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from resnet_jax import rundir
-from resnet_jax.errors import CheckpointError, ConfigError, TrainingDiverged
+from resnet_jax.errors import CheckpointError, ConfigError, DiskFull, TrainingDiverged
 
 BEST_METRIC = "top1"
 MANIFEST = "manifest.sha256"
 _MANIFEST_LINE = re.compile(r"([0-9a-f]{64})  (\S.*)")
+
+
+# What to do when training diverges: a rerun with another rate changes the run, so it must say so.
+DIVERGED_FIX = ("Lower schedule.learning_rate or add schedule.warmup and rerun with --amend naming the changed fields "
+                "(e.g. --amend=schedule.learning_rate), which resumes from that checkpoint and records the change; "
+                "or start again in a new --workdir.")
 
 
 class CorruptCheckpoint(Exception):
@@ -87,11 +94,11 @@ class Checkpoints:
       raise TrainingDiverged(
           f"the train state after step {step} holds non-finite values "
           f"({', '.join(f'{n:,} in {part}' for part, n in nonfinite.items())}) and was not saved; {kept}. "
-          f"Lower schedule.learning_rate or add warmup, then rerun the same command to resume."
-      )
+          f"{DIVERGED_FIX}")
     if step in self.manager.all_steps():
       return
     self.wait()  # Orbax would wait for the previous save too; this also seals it first.
+    self._check_space(step, state)
     self.manager.save(
         step,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
@@ -100,6 +107,18 @@ class Checkpoints:
     if jax.process_index() == 0:
       self._sealing = threading.Thread(target=self._seal, args=(step,), daemon=True)
       self._sealing.start()
+
+  def _check_space(self, step: int, state: Any) -> None:
+    """Refuses a save the file system has no room for, before Orbax writes any of it: its many
+    concurrent writes would each fail with a traceback of their own."""
+    needed = sum(leaf.nbytes for leaf in jax.tree.leaves(state)) * 1.1 + 2**18  # + metadata, manifest
+    existing = self.directory if self.directory.exists() else self.directory.parent
+    free = shutil.disk_usage(existing).free
+    if free < needed:
+      newest = self.newest()
+      raise DiskFull(f"no room for checkpoint {step} in {self.directory}: it needs about {needed / 2**20:,.1f} MB and "
+                     f"{free / 2**20:,.1f} MB are free; {f'checkpoint {newest} is intact' if newest else 'no checkpoint was written'}. "
+                     f"Free space (or use a --workdir elsewhere) and rerun the same command to resume")
 
   def _seal(self, step: int) -> None:
     """Writes the step's manifest as soon as Orbax has committed it (renamed into place). It polls:

@@ -16,7 +16,7 @@ from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from resnet_jax.errors import UserError
+from resnet_jax.errors import ConfigError, UserError
 
 Command = Callable[[Sequence[str] | None], None]
 
@@ -79,6 +79,20 @@ def parse(argv: Sequence[str] | None, define: Callable[[flags.FlagValues], None]
     fail(f"{problem}; usage: {example}", status=2)
   flags.FLAGS.mark_as_parsed()
   return values, arguments
+
+
+def load_config(arguments: Sequence[str]):
+  """The config that `--config=FILE[:ARGUMENTS]` and `--config.FIELD=VALUE` arguments give, parsed
+  as the commands parse them (e.g. what a sweep asks of a run); a bad one is a ConfigError."""
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "config file[:arguments]", flag_values=values,
+                                  lock_config=True, sys_argv=[sys.argv[0], *arguments])
+  try:
+    values([sys.argv[0], *arguments])
+    values.config.get("seed")
+  except (flags.Error, KeyError, AttributeError, OSError) as error:
+    raise ConfigError(_flag_error(error)) from None
+  return values.config
 
 
 def run(main: Command) -> None:

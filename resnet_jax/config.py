@@ -6,6 +6,7 @@ ml_collections field references, so `--config.batch_size=1024` also rescales the
 
 import ast
 import dataclasses
+import pathlib
 import re
 
 import ml_collections
@@ -116,6 +117,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def evaluations(config: ml_collections.ConfigDict) -> dict[str | None, str]:
   """Each evaluation a run makes, name -> split: the config's eval split (None), then `evals`."""
   return {None: config.data.eval_split, **config.evals}
+
+
+def resolve_data_name(config: ml_collections.ConfigDict) -> None:
+  """An image folder's data is named by the folder unless `data.name` names it (e.g. 'imagenet2012',
+  which the results table compares with the paper): a record never calls other data ImageNet."""
+  if config.data.source == "folder" and not config.data.name and config.data.data_dir:
+    config.data.name = pathlib.Path(config.data.data_dir).resolve().name
 
 
 def parse_arguments(argument: str | None, defaults: dict) -> dict:

@@ -5,15 +5,19 @@
   python -m resnet_jax.evaluate --config=... --checkpoint=DIR/checkpoints/N   (or a converted one)
 
 It scores the config's eval split and each of its named evaluations (`config.evals`), with the live
-weights and, when the run keeps one, the EMA's.
+weights and, when the run keeps one, the EMA's. A run's checkpoint is scored with the config the
+run trained with (its run.json) and this command's evaluation settings (splits, views, eval batch,
+data directory). Each score is printed, then recorded as `eval/evaluate_step_N_*.json`: a new
+record, never one that replaces the trainer's.
 """
 
+import pathlib
 from collections.abc import Sequence
 
 from absl import flags
 
 from resnet_jax import cli, distributed, rundir
-from resnet_jax.errors import ConfigError
+from resnet_jax.errors import ConfigError, RecordError
 from resnet_jax.reporting import quiet_libraries
 
 
@@ -36,19 +40,23 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
   quiet_libraries()
   import jax
 
+  from resnet_jax import provenance
   from resnet_jax.checkpoint import weights_from_directory, weights_from_run
-  from resnet_jax.config import evaluations
+  from resnet_jax.config import evaluations, resolve_data_name
   from resnet_jax.evaluation import describe, evaluate
   from resnet_jax.experiment import setup
 
-  config = args.config
   workdir = args.workdir or (args.checkpoint and rundir.run_of_checkpoint(args.checkpoint))
   if not workdir:
     raise ConfigError("give --workdir: a run's directory to score, or, with --checkpoint outside a run, where "
                       "the evaluation record goes (WORKDIR/eval/)")
+  scored_run = rundir.run_of_checkpoint(args.checkpoint) if args.checkpoint else workdir
+  identity = rundir.read_identity(scored_run) if scored_run else None
   if args.protocol:
-    with config.unlocked():
-      config.data.eval_view = args.protocol
+    with args.config.unlocked():
+      args.config.data.eval_view = args.protocol
+  config = provenance.evaluation_config(identity, args.config)
+  resolve_data_name(config)
   distributed.initialize(**distributed.flag_settings(args))
   experiment = setup(config)
   if args.checkpoint:
@@ -59,13 +67,21 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
   for evaluation, split in evaluations(config).items():
     for weights, params, batch_stats in scored:
       results = evaluate(experiment, params, batch_stats, split)
-      path = rundir.write_record(workdir, step, config, results, weights, checkpoint=args.checkpoint,
-                                 evaluation=evaluation, split=split,
-                                 command=rundir.command_line("resnet_jax.evaluate", argv))
-      written.append(rundir.read_record(path) if jax.process_index() == 0 else None)
       if jax.process_index() == 0:
         print(f"step {step} ({weights} weights), {config.data.name} {split}, "
-              f"{config.data.eval_view} protocol: {describe(results)}; wrote {path}")
+              f"{config.data.eval_view} protocol: {describe(results)}", flush=True)
+      run = provenance.run_summary(scored_run or args.checkpoint, identity, split)
+      try:
+        path = rundir.write_record(workdir, step, config, results, weights, checkpoint=args.checkpoint,
+                                   evaluation=evaluation, split=split, by="evaluate", run=run,
+                                   command=rundir.command_line("resnet_jax.evaluate", argv))
+      except OSError as error:
+        raise RecordError(f"the score above is not recorded: cannot write to {pathlib.Path(workdir) / rundir.EVAL} "
+                          f"({error.strerror}); rerun with --checkpoint=... and a --workdir you can write, where the "
+                          f"record then goes") from None
+      written.append(rundir.read_record(path) if jax.process_index() == 0 else None)
+      if jax.process_index() == 0:
+        print(f"recorded in {path}")
   return written
 
 

@@ -50,9 +50,13 @@ def eval_step(params: Any, batch_stats: Any, batch: dict, *, graphdef: nnx.Graph
 _compiled_eval_step = jax.jit(eval_step, static_argnames=("graphdef", "normalize"))
 
 
+TOP5_CLASSES = 5  # with at most this many classes, top-5 is 100% by construction
+
+
 def evaluate(experiment: Any, params: Any, batch_stats: Any, split: str | None = None) -> dict[str, float]:
   """Scores a whole eval split (default: the config's `data.eval_split`); returns accuracies,
-  errors (in %), the mean loss and the count scored."""
+  errors (in %), the mean loss and the count scored. A network of 5 classes or fewer has no top-5
+  result: every label is among its top 5."""
   step = functools.partial(_compiled_eval_step, graphdef=experiment.eval_graphdef,
                            normalize=experiment.data.normalize)
   batches: Iterable[dict] = experiment.data.eval_batches(split)
@@ -66,10 +70,11 @@ def evaluate(experiment: Any, params: Any, batch_stats: Any, split: str | None =
   _accumulate(totals, fetch(pending))
   count = totals["count"]
   top1, top5 = 100 * totals["top1"] / count, 100 * totals["top5"] / count
-  return {
-      "top1": top1, "top5": top5, "top1_error": 100 - top1, "top5_error": 100 - top5,
-      "loss": totals["loss"] / count, "examples": int(count),
-  }
+  results = {"top1": top1, "top5": top5, "top1_error": 100 - top1, "top5_error": 100 - top5,
+             "loss": totals["loss"] / count, "examples": int(count)}
+  if experiment.model_config.num_classes <= TOP5_CLASSES:
+    del results["top5"], results["top5_error"]
+  return results
 
 
 def _accumulate(totals: dict[str, float], sums: list[dict[str, float]]) -> None:
@@ -79,8 +84,6 @@ def _accumulate(totals: dict[str, float], sums: list[dict[str, float]]) -> None:
 
 
 def describe(results: dict[str, float]) -> str:
-  return (
-      f"top-1 {results['top1']:.2f}% (error {results['top1_error']:.2f}%), "
-      f"top-5 {results['top5']:.2f}% (error {results['top5_error']:.2f}%) "
-      f"on {results['examples']:,} examples"
-  )
+  top5 = (f"top-5 {results['top5']:.2f}% (error {results['top5_error']:.2f}%) " if "top5" in results
+          else f"no top-5 (at most {TOP5_CLASSES} classes) ")
+  return f"top-1 {results['top1']:.2f}% (error {results['top1_error']:.2f}%), {top5}on {results['examples']:,} examples"

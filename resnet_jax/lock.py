@@ -44,6 +44,29 @@ def _alive(holder: dict) -> bool:
   return True
 
 
+def _read(path: pathlib.Path) -> dict:
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError):
+    return {}  # absent, being written right now, or damaged
+
+
+def holder(workdir: str | pathlib.Path) -> str | None:
+  """Who trains in `workdir` now ('host H, pid P, since D'), or None when no live trainer holds it.
+  A lock from another host counts as held: it cannot be checked from here."""
+  path = pathlib.Path(workdir) / rundir.LOCK
+  if not path.exists():
+    return None
+  found = _read(path)
+  if found and found.get("host") == socket.gethostname() and not _alive(found):
+    return None
+  return _describe(found) if found else "a trainer starting"
+
+
+def _describe(found: dict) -> str:
+  return f"host {found.get('host')}, pid {found.get('pid')}, since {found.get('since')}"
+
+
 class WorkdirLock:
   """Held from `acquire()` to `release()`; creating the workdir here also proves it writable,
   before any set-up work."""
@@ -69,22 +92,23 @@ class WorkdirLock:
       except OSError as error:
         raise ConfigError(f"cannot write to the workdir {self.workdir}: {error.strerror}; pass a --workdir you "
                           f"can write") from None
-      with os.fdopen(descriptor, "w") as f:
-        json.dump(me, f)
+      try:
+        with os.fdopen(descriptor, "w") as f:
+          json.dump(me, f)
+      except OSError:  # e.g. a full disk: no empty lock may stay behind to refuse the next start
+        self.path.unlink(missing_ok=True)
+        raise
       self.held = True
       return
     raise WorkdirInUse(f"could not take the lock {self.path}")
 
   def _take_over_if_stale(self) -> None:
-    try:
-      holder = json.loads(self.path.read_text())
-    except (OSError, ValueError):
-      holder = {}  # being written right now, or damaged
-    if not holder:
+    found = _read(self.path)
+    if not found:
       raise WorkdirInUse(f"{self.workdir} is locked by another trainer ({self.path} is being written or is "
                          f"damaged); if no trainer runs on it, delete {self.path} and rerun")
-    description = f"host {holder.get('host')}, pid {holder.get('pid')}, since {holder.get('since')}"
-    if holder.get("host") != socket.gethostname() or _alive(holder):
+    description = _describe(found)
+    if found.get("host") != socket.gethostname() or _alive(found):
       raise WorkdirInUse(
           f"{self.workdir} is in use by another trainer ({description}); wait for it to finish, stop it, or "
           f"use another --workdir. If that process is gone, delete {self.path} and rerun")

@@ -2,8 +2,10 @@
 
   python -m resnet_jax.main --config=configs/cifar10.py:depth=56 --workdir=runs/cifar56
 
-Running the same command again on the same workdir resumes from its newest checkpoint. A run over
-several processes starts every process with the same command (see launch/ and distributed.py).
+Running the same command again on the same workdir resumes from its newest checkpoint; a resume that
+changes what is trained (a setting, or the data) is refused unless --amend names each change, which
+the run's history then records (provenance.py). A run over several processes starts every process
+with the same command (see launch/ and distributed.py).
 """
 
 import os
@@ -20,6 +22,8 @@ from resnet_jax.reporting import quiet_libraries
 def define_flags(values: flags.FlagValues) -> None:
   flags.DEFINE_string("workdir", None, "directory for checkpoints, logs and results", flag_values=values)
   flags.mark_flags_as_required(["workdir"], flag_values=values)
+  flags.DEFINE_list("amend", [], "on a resume, the changed settings (or dataset.* facts) to accept, e.g. "
+                    "schedule.learning_rate; each is recorded in the run's history", flag_values=values)
   distributed.define_flags(values)
 
 
@@ -33,7 +37,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
   try:
     distributed.initialize(**distributed.flag_settings(args))
-    outcome = train_and_evaluate(args.config, args.workdir, rundir.command_line("resnet_jax.main", argv))
+    outcome = train_and_evaluate(args.config, args.workdir, rundir.command_line("resnet_jax.main", argv),
+                                 amend=tuple(args.amend))
   except jax.errors.JaxRuntimeError as error:
     if jax.process_count() == 1:
       raise

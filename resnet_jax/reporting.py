@@ -4,12 +4,13 @@ loops read metrics back from the devices."""
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
 
 from resnet_jax import rundir
+from resnet_jax.errors import disk_full
 
 
 class Reporter:
@@ -33,10 +34,11 @@ class Reporter:
   def hparams(self, values: Mapping) -> None:
     self.writer.write_hparams(values)
 
-  def config(self, config: Mapping) -> None:
-    """The run's whole config, for the plot and table commands (and for people)."""
+  def config(self, config: Mapping, history: Sequence[Mapping] = ()) -> None:
+    """The run's whole config and what resumes changed in it, for the plot and table commands (and
+    for people)."""
     if self.is_writer:
-      rundir.write_config(self.workdir, config)
+      rundir.write_config(self.workdir, config, history)
 
   def close(self) -> None:
     self.writer.flush()
@@ -54,8 +56,16 @@ def fetch(pending: list[dict]) -> list[dict[str, float]]:
 
 
 def quiet_libraries() -> None:
-  """Keeps Orbax's and TensorFlow's per-save INFO chatter out of the run's log; warnings stay."""
+  """Keeps Orbax's and TensorFlow's per-save INFO chatter out of the run's log; warnings stay. A full
+  disk fails each of a save's write tasks, which Orbax and asyncio report with a traceback each:
+  those are dropped, as the trainer reports the full disk itself, in one line."""
   def keep(record: logging.LogRecord) -> bool:
     noisy = "/orbax/" in record.pathname or "/tensorflow" in record.pathname
-    return record.levelno >= logging.WARNING or not noisy
+    return (record.levelno >= logging.WARNING or not noisy) and not (noisy and _about_a_full_disk(record))
   logging.getLogger("absl").addFilter(keep)
+  logging.getLogger("asyncio").addFilter(lambda record: not _about_a_full_disk(record))
+
+
+def _about_a_full_disk(record: logging.LogRecord) -> bool:
+  error = record.exc_info[1] if record.exc_info else record.__dict__.get("exception")
+  return disk_full(error or Exception(record.getMessage())) is not None

@@ -4,21 +4,26 @@ name below is used through this module, so the layout is written down once:
   WORKDIR/
     checkpoints/STEP/        the Orbax checkpoints (checkpoint.py)
     unreadable_checkpoints/  checkpoints a restore found damaged, moved aside for inspection
-    config.json              the run's whole config
+    run.json                 the run's identity: its config and data at the first start, and the
+                             history of what a resume changed (provenance.py)
+    config.json              the run's whole config as it is now, with that history
     metrics.jsonl            every logged scalar: {"step": N, "train/loss": ..., "eval/top1": ...} a line
-    eval/*.json              one record per evaluation (`write_record`): what was scored, the numbers,
-                             the command, the hardware; the final one marks a finished run
+    eval/*.json              one record per evaluation (`write_record`), written once and never
+                             replaced: what was scored and by which command, the numbers, the
+                             hardware; the trainer's final one marks a finished run
     events.out.tfevents.*    TensorBoard's copy of the metrics (clu)
     train.log                a sweep's log of the run's output
     LOCK                     held by the trainer running in it (lock.py)
 """
 
 import datetime
+import itertools
 import json
 import logging
 import os
 import pathlib
 import platform
+import re
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
@@ -27,6 +32,7 @@ from typing import Any
 CHECKPOINTS = "checkpoints"
 UNREADABLE_CHECKPOINTS = "unreadable_checkpoints"
 CONFIG = "config.json"
+IDENTITY = "run.json"
 METRICS = "metrics.jsonl"
 EVAL = "eval"
 SWEEP_LOG = "train.log"
@@ -47,12 +53,27 @@ def write_atomically(path: pathlib.Path, text: str) -> None:
   os.replace(temporary, path)
 
 
-def write_config(workdir: str | pathlib.Path, config: Mapping) -> None:
-  write_atomically(pathlib.Path(workdir) / CONFIG, json.dumps(config, indent=2, default=str) + "\n")
+def _write_json(path: pathlib.Path, value: Any) -> None:
+  write_atomically(path, json.dumps(value, indent=2, default=str) + "\n")
+
+
+def write_config(workdir: str | pathlib.Path, config: Mapping, history: Sequence[Mapping] = ()) -> None:
+  """The config as it is now; `history` (what resumes changed) is kept beside it when there is any."""
+  _write_json(pathlib.Path(workdir) / CONFIG, {**config, "history": list(history)} if history else config)
 
 
 def read_config(workdir: str | pathlib.Path) -> dict:
   return json.loads((pathlib.Path(workdir) / CONFIG).read_text())
+
+
+def write_identity(workdir: str | pathlib.Path, identity: Mapping) -> None:
+  _write_json(pathlib.Path(workdir) / IDENTITY, identity)
+
+
+def read_identity(workdir: str | pathlib.Path) -> dict | None:
+  """The run's identity (provenance.py), or None for a run that has none yet."""
+  path = pathlib.Path(workdir) / IDENTITY
+  return json.loads(path.read_text()) if path.exists() else None
 
 
 def start_metrics(workdir: str | pathlib.Path) -> pathlib.Path:
@@ -86,25 +107,48 @@ def is_run(path: str | pathlib.Path) -> bool:
 
 def write_record(workdir: str | pathlib.Path, step: int, config: Any, results: dict, weights: str = "live",
                  checkpoint: str | None = None, final: bool = False, evaluation: str | None = None,
-                 split: str | None = None, command: str | None = None) -> pathlib.Path:
+                 split: str | None = None, command: str | None = None, by: str = "train",
+                 run: Mapping | None = None) -> pathlib.Path:
   """Writes (on process 0) the record of one evaluation: what was scored (checkpoint, weights,
-  protocol, split and, for one of `config.evals`, its name), the numbers, the command that ran it
-  (default: this process's), where and when; `final` marks the end of a training run."""
+  protocol, split and, for one of `config.evals`, its name), by which command (`by`: 'train' or
+  'evaluate'; `command`, default this process's), the run whose weights they are (`run`: its
+  workdir, data and history), the numbers, where and when; `final` marks the end of a training run.
+
+  A record is never replaced: a name already taken gets a number (`..._2.json`)."""
   import jax
 
   protocol = config.data.eval_view
+  split = split or config.data.eval_split
   record = {
-      "step": step, "weights": weights, "protocol": protocol, "split": split or config.data.eval_split,
-      "evaluation": evaluation, "data": config.data.name, "checkpoint": checkpoint, "final": final,
+      "step": step, "weights": weights, "protocol": protocol, "split": split,
+      "evaluation": evaluation, "data": config.data.name, "checkpoint": checkpoint, "final": final, "by": by,
       "results": results, "command": command or command_line(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
-      "hardware": hardware(), "config": config.to_dict(),
+      "hardware": hardware(), "run": dict(run or {}), "config": config.to_dict(),
   }
-  name = f"step_{step}_{weights}_{protocol}{'' if evaluation is None else '_' + evaluation}.json"
-  path = pathlib.Path(workdir) / EVAL / name
-  if jax.process_index() == 0:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, json.dumps(record, indent=2, default=str) + "\n")
-  return path
+  scored = evaluation if by == "train" else re.sub(r"[^\w.-]+", "_", evaluation or split).strip("_")
+  name = f"{'' if by == 'train' else by + '_'}step_{step}_{weights}_{protocol}{'' if scored is None else '_' + scored}"
+  directory = pathlib.Path(workdir) / EVAL
+  if jax.process_index() != 0:
+    return directory / f"{name}.json"
+  directory.mkdir(parents=True, exist_ok=True)
+  return write_once(directory, name, json.dumps(record, indent=2, default=str) + "\n")
+
+
+def write_once(directory: pathlib.Path, name: str, text: str) -> pathlib.Path:
+  """Writes `directory/NAME.json` whole, or `NAME_2.json` etc. when that is taken: the link that
+  puts it in place fails rather than replace a file, so two writers never overwrite each other."""
+  temporary = directory / f".{name}.{os.getpid()}.tmp"
+  temporary.write_text(text)
+  try:
+    for number in itertools.count(1):
+      path = directory / (f"{name}.json" if number == 1 else f"{name}_{number}.json")
+      try:
+        os.link(temporary, path)
+        return path
+      except FileExistsError:
+        continue
+  finally:
+    temporary.unlink()
 
 
 def read_record(path: pathlib.Path) -> dict | None:
@@ -125,9 +169,17 @@ def records(workdir: str | pathlib.Path) -> list[tuple[pathlib.Path, dict]]:
 def final_record(workdir: str | pathlib.Path) -> dict | None:
   """The record training wrote at its end (of the config's eval split, live weights); None while
   the run is unfinished."""
-  final = [r for _, r in records(workdir) if r.get("final") and r.get("weights") == "live"
-           and r.get("evaluation") is None]
+  final = [r for _, r in records(workdir) if r.get("final") and r.get("by", "train") == "train"
+           and r.get("weights") == "live" and r.get("evaluation") is None]
   return max(final, key=lambda r: r["step"]) if final else None
+
+
+def newest_checkpoint(workdir: str | pathlib.Path) -> int | None:
+  """The newest committed checkpoint's step, from the directory names alone (Orbax's in-progress
+  saves have other names); None when there is none."""
+  directory = pathlib.Path(workdir) / CHECKPOINTS
+  steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()] if directory.is_dir() else []
+  return max(steps, default=None)
 
 
 def run_of_checkpoint(directory: str) -> str | None:

@@ -13,10 +13,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from resnet_jax import rundir, sharding
-from resnet_jax.checkpoint import Checkpoints, PreemptionWatch
-from resnet_jax.config import evaluations
-from resnet_jax.errors import ConfigError, TrainingDiverged
+from resnet_jax import provenance, rundir, sharding
+from resnet_jax.checkpoint import DIVERGED_FIX, Checkpoints, PreemptionWatch
+from resnet_jax.config import evaluations, resolve_data_name
+from resnet_jax.errors import ConfigError, DiskFull, TrainingDiverged, disk_full
 from resnet_jax.evaluation import describe, evaluate
 from resnet_jax.experiment import setup
 from resnet_jax.lock import WorkdirLock
@@ -30,10 +30,8 @@ def _check_finite(metrics: list[dict[str, float]], first_step: int, checkpoints:
       newest = checkpoints.newest()
       kept = (f"the newest checkpoint, step {newest}, holds only finite values" if newest
               else "no checkpoint was written")
-      raise TrainingDiverged(
-          f"loss is {m['loss']} at step {first_step + offset}; training stopped and {kept}. "
-          f"Lower schedule.learning_rate or add warmup, then rerun the same command to resume."
-      )
+      raise TrainingDiverged(f"loss is {m['loss']} at step {first_step + offset}; training stopped and {kept}. "
+                             f"{DIVERGED_FIX}")
 
 
 def _mean(window: list[dict[str, float]]) -> dict[str, float]:
@@ -55,23 +53,55 @@ def _evaluate_and_report(experiment, state, step, reporter) -> dict[tuple[str | 
   return scored
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, command: str | None = None) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, command: str | None = None,
+                       amend: tuple[str, ...] = ()) -> dict[str, Any]:
   """Trains (or resumes) the run in `workdir`; returns the final eval results. `command` is what
-  the records say ran it (default: this process's command line)."""
+  the records say ran it (default: this process's command line); `amend` names the settings (or
+  `dataset.*` facts) a resume may change, recorded in the run's history (provenance.py)."""
+  amend = provenance.check_amend_names(amend)
   lock = WorkdirLock(workdir)
-  if jax.process_index() == 0:
-    lock.acquire()  # first: a second trainer, or an unwritable workdir, fails before any set-up
   try:
-    return _train(config, workdir, command)
+    if jax.process_index() == 0:
+      lock.acquire()  # first: a second trainer, or an unwritable workdir, fails before any set-up
+    return _train(config, workdir, command, amend)
+  except Exception as error:
+    full = disk_full(error)
+    if full is None:
+      raise
+    newest = rundir.newest_checkpoint(workdir)
+    raise DiskFull(f"no space left on the device of {workdir} ({full}); "
+                   f"{f'checkpoint {newest} is intact' if newest else 'no checkpoint was written'}. Free space "
+                   f"(or use a --workdir elsewhere) and rerun the same command to resume") from None
   finally:
     lock.release()
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str, command: str | None) -> dict[str, Any]:
+def _identity(experiment, workdir: str, checkpoints: Checkpoints, amend: list[str]) -> tuple[dict | None, list]:
+  """The run's recorded identity and this start's changes to it; refuses what may not change."""
+  recorded = rundir.read_identity(workdir)
+  if jax.process_count() > 1:  # every process reads the same identity: none rewrites it before all have read it
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("resnet_jax: run identity read")
+  if recorded is None:
+    if amend:
+      raise ConfigError(f"--amend applies to a run with a recorded identity; {workdir} has no "
+                        f"{rundir.IDENTITY} yet: leave --amend out")
+    return None, []
+  return recorded, provenance.compare(recorded, experiment.config.to_dict(), experiment.data.fingerprint, amend,
+                                      workdir, resuming=bool(checkpoints.steps()))
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, command: str | None, amend: list[str]) -> dict[str, Any]:
   from clu import parameter_overview, periodic_actions  # imports TensorFlow (~15 s): after the lock
 
+  resolve_data_name(config)
   experiment = setup(config)
   checkpoints = Checkpoints(workdir, keep=config.keep_checkpoints, keep_best=config.keep_best)
+  try:
+    recorded, changes = _identity(experiment, workdir, checkpoints, amend)
+  except Exception:
+    checkpoints.close()
+    raise
   reporter = Reporter(workdir)
   preemption = PreemptionWatch()
   try:
@@ -82,7 +112,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str, command: str | None)
           f"the newest checkpoint in {checkpoints.directory} is step {start}, past this config's end at step "
           f"{total}; set num_train_steps (or num_epochs) to at least that to continue the run, or use a new "
           f"--workdir")
-    reporter.config(config.to_dict())
+    identity = (provenance.identity(config.to_dict(), experiment.data.fingerprint) if recorded is None else
+                provenance.amended(recorded, config.to_dict(), experiment.data.fingerprint, changes, start))
+    if jax.process_index() == 0 and (recorded is None or changes):
+      rundir.write_identity(workdir, identity)
+    for change in changes:
+      logging.warning("%s from step %d: %s", "changed" if change.free else "amended", start, change)
+    reporter.config(config.to_dict(), identity["history"])
+    finished = rundir.final_record(workdir) if start == total else None
+    if finished and finished["step"] == total:
+      return _report_finished(workdir, finished)
     if start == 0:
       parameter_overview.log_parameter_overview(state.params)
       reporter.hparams(_flat(config.to_dict()))
@@ -129,12 +168,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, command: str | None)
       if preempted:
         logging.warning("preempted: checkpoint %d saved; run the same command to resume", done)
         return {"preempted": True, "step": done}
-    if scored is None:  # the run was already complete: report its final numbers again
+    if scored is None:  # trained to the end, but stopped before its final records were written
       scored = _evaluate_and_report(experiment, state, total, reporter)
     splits = evaluations(config)
     for (evaluation, weights), results in scored.items():
+      run = provenance.run_summary(workdir, identity, splits[evaluation])
       path = rundir.write_record(workdir, total, config, results, weights, final=True, evaluation=evaluation,
-                                 split=splits[evaluation], command=command)
+                                 split=splits[evaluation], command=command, run=run)
       if jax.process_index() == 0 and weights == "live":
         print(f"final ({total} steps), {config.data.name} {splits[evaluation]}: {describe(results)}")
     if jax.process_index() == 0:
@@ -144,6 +184,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str, command: str | None)
     preemption.restore_handler()
     checkpoints.close()
     reporter.close()
+
+
+def _report_finished(workdir: str, final: dict) -> dict[str, Any]:
+  """A rerun of a finished run: its final result again, nothing rescored or rewritten."""
+  if jax.process_index() == 0:
+    print(f"the run in {workdir} finished at step {final['step']:,}: {final['data']} {final['split']}: "
+          f"{describe(final['results'])}. Its records stay as written; to score it another way: "
+          f"python -m resnet_jax.evaluate --workdir={workdir} ...")
+  return {"preempted": False, "step": final["step"], **final["results"]}
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:

@@ -6,6 +6,8 @@ import contextlib
 import io
 import json
 import shutil
+import socket
+import subprocess
 
 import numpy as np
 import pytest
@@ -65,6 +67,40 @@ def test_sweep_skips_finished_runs_and_resumes_unfinished_ones(sweep, tmp_path):
   assert saved_steps(unfinished)[-1] == 6
   resumed, straight = losses(unfinished), losses(sweep[0] / unfinished.name)
   assert [resumed[s] for s in (4, 5, 6)] == [straight[s] for s in (4, 5, 6)]  # bit-identical continuation
+
+
+def test_a_rerun_asking_for_other_settings_reports_each_finished_run_as_different(sweep, tmp_path):
+  root = tmp_path / "copy"
+  shutil.copytree(sweep[0], root)
+  before = {path: path.read_bytes() for path in root.glob("*/eval/*.json")}
+  failed, output = run_sweep(f"--root={root}", "--set=config.label_smoothing=0.1")
+  names = ["depth-8_plain-False_batch-32_steps-6", "depth-8_plain-True_batch-32_steps-6"]
+  assert failed == names, output
+  for index, name in enumerate(names, start=1):
+    assert f"[{index}/2] {name}: finished with other settings than asked (label_smoothing 0.0 -> 0.1)" in output
+  assert "skipped" not in output and "starting" not in output and "2 trained with other settings" in output
+  assert {path: path.read_bytes() for path in root.glob("*/eval/*.json")} == before  # nothing ran
+  failed, output = run_sweep(f"--root={root}", "--set=config.log_every_steps=2")  # a free setting
+  assert not failed and output.count("finished, skipped") == 2, output
+
+
+def test_a_run_another_sweep_is_training_is_reported_in_progress_not_failed(sweep, tmp_path):
+  from resnet_jax import lock
+  root = tmp_path / "copy"
+  shutil.copytree(sweep[0], root)
+  busy = root / "depth-8_plain-True_batch-32_steps-6"
+  for record in (busy / "eval").glob("*.json"):
+    record.unlink()
+  trainer = subprocess.Popen(["sleep", "120"])  # stands in for the other sweep's trainer
+  try:
+    (busy / "LOCK").write_text(json.dumps({"host": socket.gethostname(), "pid": trainer.pid,
+                                           "start_time": lock._start_time(trainer.pid), "since": "now"}))
+    failed, output = run_sweep(f"--root={root}")
+  finally:
+    trainer.kill()
+  assert not failed, output
+  assert f"[2/2] {busy.name}: in progress (host {socket.gethostname()}, pid {trainer.pid}, since now), skipped" in output
+  assert "1 in progress elsewhere" in output and not list((busy / "eval").glob("*.json"))
 
 
 def test_a_failing_run_is_reported_with_its_error_and_the_sweep_goes_on(tmp_path, capsys):

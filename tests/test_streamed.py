@@ -159,7 +159,7 @@ def test_the_scale_range_follows_the_crop_size_and_bad_augmentation_settings_are
   a crop covers the same share of the image (a fixed [256, 480] would crop 1/16 of its area)."""
   from conftest import load_config
   from resnet_jax.data import inputs
-  config = load_config("imagenet", "depth=18")
+  config = load_config("imagenet", "depth=18,source=tfds")
   assert inputs.paper_scale_range(224) == (256, 480)
   config.data.image_size = 56
   assert inputs.SETTINGS["streamed"]["augmentation"]["paper"](config.data).keywords["scale"] == (64, 120)

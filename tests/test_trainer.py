@@ -116,7 +116,7 @@ def test_evaluate_command_scores_the_checkpoint_and_writes_json(straight_run, ca
   workdir, outcome = straight_run
   (record,) = evaluate_here(workdir, 24)
   assert "step 24 (live weights)" in capsys.readouterr().out
-  assert record == json.loads((workdir / "eval" / "step_24_live_center.json").read_text())
+  assert record == json.loads((workdir / "eval" / "evaluate_step_24_live_center_test.json").read_text())
   assert record["results"]["top1"] == pytest.approx(by_step(workdir, "eval/top1")[24]) == pytest.approx(outcome["top1"])
   assert record["results"]["top1"] + record["results"]["top1_error"] == pytest.approx(100)
   assert record["results"]["examples"] == 1000
@@ -129,8 +129,9 @@ def test_evaluate_command_scores_the_checkpoint_and_writes_json(straight_run, ca
   # Multi-view protocols need a streamed ImageNet-style set; a wrong network is named as such.
   with pytest.raises(ConfigError, match="data.eval_view='10crop' is not valid for mnist_bundled"):
     evaluate_here(workdir, 24, "--protocol=10crop")
-  with pytest.raises(ConfigError, match="do not fit the config's network"):
-    evaluate_here(workdir, 24, f"--checkpoint={workdir / 'checkpoints' / '20'}", "--config.model.depth=14")
+  # Another depth on the command line is not the run's: its checkpoint is scored as it was trained.
+  (as_trained,) = evaluate_here(workdir, 24, f"--checkpoint={workdir / 'checkpoints' / '20'}", "--config.model.depth=14")
+  assert as_trained["config"]["model"]["depth"] == 8 and as_trained["results"] == at_20["results"]
   with pytest.raises(CheckpointError, match="no checkpoints in .*train first"):
     evaluate_here(workdir / "nothing", 24)
 
@@ -191,7 +192,7 @@ def test_imagenet_config_trains_from_an_image_folder_and_scores_ten_crops(tmp_pa
   record = json.loads((tmp_path / "run" / "eval" / "step_4_live_10crop.json").read_text())
   assert record["split"] == "val" and record["results"] == {k: outcome[k] for k in record["results"]}
   assert [r["step"] for r in metrics(tmp_path / "run") if "eval/top1" in r] == [2, 4]  # 18 // 8 = 2 steps an epoch
-  with pytest.raises(ConfigError, match="set --config.data.data_dir to the folder that holds train/ and val/"):
+  with pytest.raises(ConfigError, match="set --config.data.data_dir to the folder that holds train/ and the eval split's folder"):
     main.main(arguments[:1] + [f"--workdir={tmp_path / 'other'}"])
 
 

@@ -8,10 +8,12 @@ own slice of the same global batch, whatever the process count. Each process rea
 examples of its slices.
 """
 
+import collections
+import hashlib
 import itertools
 import logging
 import pathlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 import numpy as np
@@ -22,7 +24,8 @@ from resnet_jax.data.sources import tfds_builder
 from resnet_jax.data.tf_on_cpu import tf
 from resnet_jax.errors import ConfigError, DataError, DatasetNotPrepared
 
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+# Every format tf.io.decode_image reads (TIFF, for one, it does not).
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".jxl")
 
 
 def _visible(path: pathlib.Path) -> bool:
@@ -30,8 +33,38 @@ def _visible(path: pathlib.Path) -> bool:
   return not path.name.startswith(".")
 
 
-def _images_in(folder: pathlib.Path) -> list[pathlib.Path]:
-  return sorted(p for p in folder.iterdir() if _visible(p) and p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def _images_in(folder: pathlib.Path, skipped: list[pathlib.Path]) -> list[pathlib.Path]:
+  """The images of a folder, sorted; the other visible files are added to `skipped`."""
+  files = sorted(p for p in folder.iterdir() if _visible(p) and p.is_file())
+  skipped += [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+  return [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+
+
+def _warn_skipped(skipped: list[pathlib.Path], folder: pathlib.Path) -> None:
+  if skipped:
+    kinds = collections.Counter(p.suffix.lower() or "(no extension)" for p in skipped)
+    logging.warning(
+        "%d file(s) of %s are not read, being no image format this pipeline decodes (%s): %s, e.g. %s. Convert "
+        "any that are images to JPEG or PNG, or move them out of the data folder", len(skipped), folder,
+        ", ".join(IMAGE_SUFFIXES), ", ".join(f"{n} {kind}" for kind, n in kinds.most_common()), skipped[0])
+
+
+def read_label_file(path: str) -> dict[str, str]:
+  """A flat eval folder's labels: lines of '<file name> <class folder name>'."""
+  try:
+    lines = pathlib.Path(path).read_text().splitlines()
+  except (OSError, UnicodeDecodeError) as error:
+    raise DataError(f"cannot read the label file data.eval_label_file={path!r} ({getattr(error, 'strerror', None) or error}); "
+                    f"give a text file of '<file name> <class folder name>' lines") from None
+  names = {}
+  for number, line in enumerate(lines, start=1):
+    fields = line.split()
+    if len(fields) == 1 or len(fields) > 2:
+      raise DataError(f"{path} line {number} is not '<file name> <class folder name>': {line[:100]!r}; fix or "
+                      f"remove that line")
+    if fields:
+      names[fields[0]] = fields[1]
+  return names
 
 
 def read_exclusions(path: str) -> set[str]:
@@ -46,6 +79,14 @@ def read_exclusions(path: str) -> set[str]:
   return {line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")}
 
 
+def split_fingerprint(ids: Iterable[str]) -> dict[str, Any]:
+  """{'examples': N, 'ids_sha256': ...} of a split's example ids (with their labels), in order: an
+  image added, removed, renamed or relabelled changes it. ImageNet's 1.28 M ids hash in under a
+  second; listing them is the folder source's work anyway."""
+  ids = list(ids)
+  return {"examples": len(ids), "ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]}
+
+
 class Source(Protocol):
   """What the streams read: a split of encoded images by index. `FolderSource` and `TfdsSource` are
   the two; another format (e.g. webdataset shards with an index) needs only these."""
@@ -55,6 +96,9 @@ class Source(Protocol):
   excluded: set[str]  # the ids of data.exclude_file found in this split
 
   def __len__(self) -> int: ...
+
+  def fingerprint(self) -> dict[str, Any]:
+    """The split's size and a hash of its examples' ids (`split_fingerprint`), for the run's identity."""
 
   def reader(self) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
     """A tf.data function from an index to (encoded image bytes, label)."""
@@ -67,36 +111,41 @@ class Source(Protocol):
 
 
 class FolderSource:
-  """Images in `root/<split>/<class>/*.JPEG`: class k is the k-th folder name of train/ in sorted
-  order (the order tfds and torchvision use, so labels and converted weights agree). Hidden files
-  and folders are ignored; an empty class folder keeps its index (with a warning); an eval image of
-  a class train/ does not have is an error, never a silent drop.
+  """Images in `root/<split>/<class>/*.JPEG`: class k is the k-th folder name of the train split's
+  folder (`classes_from`) in sorted order (the order tfds and torchvision use, so labels and
+  converted weights agree), whatever the split being read. Hidden files and folders are ignored;
+  other files are counted and named in a warning; an empty class folder keeps its index (with a
+  warning); an eval image of a class train/ does not have is an error, never a silent drop.
 
   A flat split folder takes its labels from `label_file`: lines of `<file name> <class name>`.
   Examples whose id (the path under `root`, e.g. `train/n01440764/x.JPEG`) is in `exclude` are
   left out, which keeps the index-based order deterministic and resumable.
   """
 
-  def __init__(self, root: str, split: str, *, label_file: str | None = None, exclude: set[str] = frozenset()):
+  def __init__(self, root: str, split: str, *, classes_from: str = "train", label_file: str | None = None,
+               exclude: set[str] = frozenset()):
     if not root:
-      raise ConfigError("set --config.data.data_dir to the folder that holds train/ and val/")
+      raise ConfigError(f"set --config.data.data_dir to the folder that holds {classes_from}/ and the eval split's "
+                        f"folder (ImageNet: train/ and val/)")
     base = pathlib.Path(root)
     self.root, self.split = base, split
-    train = base / "train"
+    train = base / classes_from
     classes = sorted(p.name for p in train.iterdir() if _visible(p) and p.is_dir()) if train.is_dir() else []
     folder = base / split
     if not folder.is_dir():
       raise DatasetNotPrepared(
           f"no folder {folder}; expected {base}/<split>/<class>/*.JPEG (e.g. ImageNet's train/ and val/)"
       )
+    skipped = []
     if label_file:
-      names = dict(line.split()[:2] for line in pathlib.Path(label_file).read_text().splitlines() if line.strip())
-      paths = _images_in(folder)
+      names = read_label_file(label_file)
+      paths = _images_in(folder, skipped)
       missing = [p.name for p in paths if p.name not in names]
       if missing:
         raise DataError(f"{len(missing)} images of {folder} are not in {label_file}, e.g. {missing[0]}")
       self._check_known(classes, {names[p.name] for p in paths}, label_file)
       labels = [classes.index(names[p.name]) for p in paths]
+      empty = sorted(set(classes) - {names[p.name] for p in paths})
     else:
       folders = sorted(p.name for p in folder.iterdir() if _visible(p) and p.is_dir())
       if classes:
@@ -104,13 +153,16 @@ class FolderSource:
       classes = classes or folders
       paths, labels, empty = [], [], []
       for index, name in enumerate(classes):
-        found = _images_in(folder / name) if (folder / name).is_dir() else []
+        found = _images_in(folder / name, skipped) if (folder / name).is_dir() else []
         empty += [] if found else [name]
         paths += found
         labels += [index] * len(found)
-      if empty and split == "train":
-        logging.warning("%d class folder(s) of %s hold no images and keep their label index: %s%s", len(empty),
-                        folder, ", ".join(empty[:5]), ", ..." if len(empty) > 5 else "")
+    _warn_skipped(skipped, folder)
+    if empty and paths:
+      what = ("keep their label index" if split == classes_from else
+              f"are not scored: this split covers {len(classes) - len(empty)} of the {len(classes)} classes")
+      logging.warning("%d class(es) have no images in %s and %s: %s%s", len(empty), folder, what,
+                      ", ".join(empty[:5]), ", ..." if len(empty) > 5 else "")
     if not paths:
       raise DatasetNotPrepared(f"no images in {folder}")
     ids = [p.relative_to(base).as_posix() for p in paths]
@@ -131,6 +183,9 @@ class FolderSource:
 
   def __len__(self) -> int:
     return len(self.labels)
+
+  def fingerprint(self) -> dict[str, Any]:
+    return split_fingerprint(f"{i}\t{label}" for i, label in zip(self.ids, self.labels.tolist()))
 
   def describe(self, index: int) -> str:
     """The example as a user finds it (a path) and its id for data.exclude_file."""
@@ -167,7 +222,7 @@ class TfdsSource:
     self.image_key, self.label_key = builder.info.supervised_keys
     self.classes = builder.info.features[self.label_key].names
     self.num_classes = len(self.classes)
-    self.name, self.split = name, split
+    self.name, self.split, self.version = name, split, str(builder.info.version)
     self.records = builder.as_data_source(split=split, decoders={self.image_key: tfds.decode.SkipDecoding()})
     ids = [f"{split}[{i}]" for i in range(len(self.records))]
     self.excluded = {i for i in ids if i in exclude}
@@ -176,6 +231,9 @@ class TfdsSource:
 
   def __len__(self) -> int:
     return len(self.indices)
+
+  def fingerprint(self) -> dict[str, Any]:
+    return split_fingerprint(map(str, self.indices))
 
   def example_id(self, index: int) -> str:
     return f"{self.split}[{self.indices[index]}]"

@@ -4,11 +4,13 @@
   python -m resnet_jax.tools.sweep --config=configs/cifar10.py --grid=depth=20,56 --grid=plain=False,True \\
       --root=runs/cifar_small [--set=config.num_train_steps=1000]
 
-A finished run (its final evaluation record is written) is skipped; an unfinished one resumes from
-its newest checkpoint, so rerunning the same command after a crash continues the sweep. Each run is
-`python -m resnet_jax.main` in its own process (a crash or a hang of one run cannot take the sweep
-with it), its output in WORKDIR/train.log; a failed run is reported and the sweep goes on, then
-exits 1.
+A finished run (its final evaluation record is written) is skipped when it trained with the settings
+the sweep asks for now; one that trained with others is reported as different, with the fields, and
+left as it is. An unfinished one resumes from its newest checkpoint, so rerunning the same command
+after a crash continues the sweep; one that another process is training (it holds the run's LOCK)
+is reported as in progress. Each run is `python -m resnet_jax.main` in its own process (a crash or
+a hang of one run cannot take the sweep with it), its output in WORKDIR/train.log; a failed run is
+reported and the sweep goes on, then exits 1 (so does a sweep with a run that differs).
 """
 
 import importlib.util
@@ -21,7 +23,7 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from resnet_jax import cli, rundir
+from resnet_jax import cli, lock, provenance, rundir
 from resnet_jax.errors import ConfigError
 
 
@@ -70,9 +72,18 @@ def train(command: list[str], workdir: pathlib.Path) -> tuple[int, str]:
   final = rundir.final_record(workdir)
   if code == 0 and final is not None:
     results = final["results"]
-    return code, f"top-1 error {results['top1_error']:.2f}%, top-5 error {results['top5_error']:.2f}% at step {final['step']:,}"
+    top5 = f", top-5 error {results['top5_error']:.2f}%" if "top5_error" in results else ""
+    return code, f"top-1 error {results['top1_error']:.2f}%{top5} at step {final['step']:,}"
   errors = [line for line in log_path.read_text().splitlines() if line.startswith("error")]
   return code, errors[-1] if errors else f"see {log_path}"
+
+
+def settings_changed(workdir: pathlib.Path, final: dict, config_arguments: list[str]) -> list[provenance.Change]:
+  """What the finished run in `workdir` trained with that differs from what the sweep now asks for
+  (the fields that change what is trained)."""
+  recorded = (rundir.read_identity(workdir) or final)["config"]
+  asked = cli.load_config(config_arguments).to_dict()
+  return [change for change in provenance.changes(recorded, asked) if not change.free]
 
 
 def define_flags(values: flags.FlagValues) -> None:
@@ -88,7 +99,8 @@ def define_flags(values: flags.FlagValues) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> list[str]:
-  """Runs (or resumes) the sweep; returns the names of the runs that failed."""
+  """Runs (or resumes) the sweep; returns the names of the runs that failed or trained with other
+  settings than asked."""
   args, _ = cli.parse(argv, define_flags, __doc__)
   if bool(args.sweep) == bool(args.config):
     raise ConfigError("give either --sweep=NAME or --config=FILE with --grid")
@@ -99,14 +111,27 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
   settings += args.set
   runs = grid_runs(grid)
   root = pathlib.Path(args.root)
-  started, failed, durations = time.time(), [], []
+  started, failed, different, busy, durations = time.time(), [], [], [], []
   for index, arguments in enumerate(runs, start=1):
     workdir = root / run_name(arguments)
-    command = [sys.executable, "-m", "resnet_jax.main", f"--config={config}:{arguments}", f"--workdir={workdir}",
-               *(f"--{setting}" for setting in settings)]
+    config_arguments = [f"--config={config}:{arguments}", *(f"--{setting}" for setting in settings)]
+    command = [sys.executable, "-m", "resnet_jax.main", config_arguments[0], f"--workdir={workdir}",
+               *config_arguments[1:]]
     prefix = f"[{index}/{len(runs)}] {workdir.name}"
-    if rundir.final_record(workdir):
-      print(f"{prefix}: finished, skipped", flush=True)
+    holder = lock.holder(workdir)
+    if holder:
+      busy.append(workdir.name)
+      print(f"{prefix}: in progress ({holder}), skipped", flush=True)
+      continue
+    final = rundir.final_record(workdir)
+    if final:
+      changed = settings_changed(workdir, final, config_arguments)
+      if changed:
+        different.append(workdir.name)
+        print(f"{prefix}: finished with other settings than asked ({'; '.join(map(str, changed))}), left as "
+              f"it is; use another --root for the new settings", flush=True)
+      else:
+        print(f"{prefix}: finished, skipped", flush=True)
       continue
     state = "resuming" if (workdir / rundir.CHECKPOINTS).exists() else "starting"
     if args.dry_run:
@@ -127,11 +152,15 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     else:
       print(f"{prefix}: {outcome} ({durations[-1] / 60:.1f} min)", flush=True)
   if not args.dry_run:
-    print(f"sweep of {len(runs)} runs in {root}: {len(runs) - len(failed)} finished, {len(failed)} failed, "
-          f"{(time.time() - started) / 60:.1f} min this time")
+    done = len(runs) - len(failed) - len(different) - len(busy)
+    print(f"sweep of {len(runs)} runs in {root}: {done} finished, {len(failed)} failed, {len(different)} "
+          f"trained with other settings, {len(busy)} in progress elsewhere, {(time.time() - started) / 60:.1f} "
+          f"min this time")
   if failed:
     print(f"failed: {', '.join(failed)}; rerun the same command to retry them", file=sys.stderr)
-  return failed
+  if different:
+    print(f"trained with other settings than asked: {', '.join(different)}", file=sys.stderr)
+  return failed + different
 
 
 def command() -> None:

@@ -3,10 +3,12 @@
   python -m resnet_jax.tools.table runs/demo runs/mnist_degradation [--readme=README.md]
 
 Reads every WORKDIR/eval/*.json (written at the end of training and by the evaluate command), keeps
-each run's newest record per protocol, weights and split, and prints one row each: the network, data and
-protocol, steps, top-1/top-5 error, the paper's errors for the same network and protocol (Tables 2,
-3, 4 and 6), the command and the hardware. Only measured numbers appear; a setting the paper does
-not report shows "-". `--readme` rewrites the block between the README's results markers.
+each run's newest record per command, scored run, protocol, weights and split, and prints one row
+each: the network, data and protocol, steps, top-1/top-5 error, the paper's errors for the same
+network and protocol (Tables 2, 3, 4 and 6), what wrote the record (the trainer's final one, or the
+evaluate command, naming the scored run when it is another) with the run's amendments, the command
+and the hardware. Only measured numbers appear; a setting the paper does not report, or a top-5 of
+5 classes or fewer, shows "-". `--readme` rewrites the block between the README's results markers.
 """
 
 import pathlib
@@ -15,7 +17,7 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from resnet_jax import cli, paper, rundir
+from resnet_jax import cli, paper, provenance, rundir
 from resnet_jax.errors import DataError
 from resnet_jax.models import ModelConfig
 
@@ -23,13 +25,16 @@ BEGIN, END = "<!-- results: begin (python -m resnet_jax.tools.table) -->", "<!--
 
 
 def find_records(paths: list[str]) -> list[dict]:
-  """Each run's newest record per (protocol, weights, split), under the given runs or directories of runs."""
+  """Each run's newest record per (command, scored run, protocol, weights, split), under the given
+  runs or directories of runs."""
   newest: dict[tuple, dict] = {}
   for path in map(pathlib.Path, paths):
     for run in [path, *sorted(p for p in path.iterdir() if p.is_dir())] if path.is_dir() else []:
+      own = (rundir.read_identity(run) or {}).get("id")
       for _, record in rundir.records(run):
-        record["workdir"] = str(run)
-        key = (record["workdir"], record.get("protocol", "center"), record["weights"], record["split"])
+        record["workdir"], record["own_run"] = str(run), own
+        key = (record["workdir"], record.get("by", "train"), scored_run(record), record.get("protocol", "center"),
+               record["weights"], record["split"])
         if key not in newest or (record["step"], record["date"]) >= (newest[key]["step"], newest[key]["date"]):
           newest[key] = record
   if not newest:
@@ -60,6 +65,21 @@ def paper_numbers(record: dict) -> tuple[float, float | None, str] | None:
   return paper.ERRORS.get((record["data"], model.depth, model.plain, shortcut, record.get("protocol", "center")))
 
 
+def scored_run(record: dict) -> str | None:
+  """The id of the run whose weights the record scored (None: the one it is in, for older records)."""
+  return record.get("run", {}).get("id")
+
+
+def origin(record: dict) -> str:
+  """What wrote the record and of which run, and what the run's resumes changed."""
+  by = record.get("by", "train")
+  text = "final" if by == "train" and record.get("final") else by
+  if scored_run(record) not in (None, record.get("own_run")):
+    text += f" of {record['run']['workdir']}"
+  amendments = provenance.describe_history(record.get("run", {}).get("history", []))
+  return text + (f"; amended: {amendments}" if amendments else "")
+
+
 def hardware(record: dict) -> str:
   h = record["hardware"]
   if h["platform"] == "cpu" and h.get("cpu"):
@@ -69,14 +89,15 @@ def hardware(record: dict) -> str:
 
 def rows(records: list[dict]) -> list[str]:
   header = ["network", "data (split)", "protocol", "steps", "top-1 err %", "top-5 err %", "paper top-1 / top-5 err %",
-            "command", "hardware"]
+            "record", "command", "hardware"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for r in records:
     paper = paper_numbers(r)
     paper_text = "-" if paper is None else f"{paper[0]:.2f} / {'-' if paper[1] is None else f'{paper[1]:.2f}'} ({paper[2]})"
     weights = "" if r["weights"] == "live" else f" ({r['weights']} weights)"
     cells = [network(model_of(r)) + weights, f"{r['data']} ({r['split']})", r.get("protocol", "center"),
-             f"{r['step']:,}", f"{r['results']['top1_error']:.2f}", f"{r['results']['top5_error']:.2f}", paper_text,
+             f"{r['step']:,}", f"{r['results']['top1_error']:.2f}",
+             f"{r['results']['top5_error']:.2f}" if "top5_error" in r["results"] else "-", paper_text, origin(r),
              f"`{r.get('command', '-')}`", hardware(r)]
     lines.append("| " + " | ".join(cells) + " |")
   return lines
