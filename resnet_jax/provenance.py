@@ -39,6 +39,7 @@ FREE_FIELDS = (
     "eval_every_epochs", "profile_steps", "num_train_steps", "num_epochs", "data.name", "data.data_dir",
 )
 DATA_PREFIX = "dataset."
+_ABSENT = object()  # a field one side of a comparison does not have
 
 
 def _within(field: str, fields: tuple[str, ...]) -> bool:
@@ -64,9 +65,6 @@ def _show(value: Any) -> str:
   if isinstance(value, list) and len(value) > 4:
     return f"[{len(value)} items: {', '.join(map(str, value[:2]))}, ..., {value[-1]}]"
   return "(absent)" if value is _ABSENT else json.dumps(value)
-
-
-_ABSENT = object()
 
 
 def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:

@@ -180,9 +180,10 @@ def test_zero_init_residual_zeroes_only_the_last_bn_scale_of_each_block():
 
 
 def test_he_initialisation_has_fan_out_variance():
-  kernel = build_model({"depth": 18}).stages[3].layers[1].convs[1].kernel[...]  # 3x3, 512 -> 512
+  # 3x3, 256 -> 512: fan-out (4,608) is twice fan-in, whose std would be 1.41x this one.
+  kernel = build_model({"depth": 18}).stages[3].layers[0].convs[0].kernel[...]
   expected_std = np.sqrt(2.0 / (3 * 3 * 512))
-  assert kernel.dtype == jnp.float32
+  assert kernel.dtype == jnp.float32 and kernel.shape == (3, 3, 256, 512)
   assert abs(float(jnp.std(kernel)) / expected_std - 1) < 0.02
   assert abs(float(jnp.mean(kernel))) < 0.01 * expected_std
 

@@ -126,6 +126,8 @@ def test_evaluate_command_scores_the_checkpoint_and_writes_json(straight_run, ca
   # One checkpoint directory, scored on its own: the numbers the run logged at that step.
   (at_20,) = evaluate_here(workdir, 24, f"--checkpoint={workdir / 'checkpoints' / '20'}")
   assert at_20["step"] == 20 and at_20["results"]["top1"] == pytest.approx(by_step(workdir, "eval/top1")[20])
+  eval_losses = by_step(workdir, "eval/loss")  # the loss tells step 20's weights from step 24's
+  assert at_20["results"]["loss"] == pytest.approx(eval_losses[20], rel=1e-6) != pytest.approx(eval_losses[24], rel=1e-6)
   # Multi-view protocols need a streamed ImageNet-style set; a wrong network is named as such.
   with pytest.raises(ConfigError, match="data.eval_view='10crop' is not valid for mnist_bundled"):
     evaluate_here(workdir, 24, "--protocol=10crop")
@@ -137,8 +139,8 @@ def test_evaluate_command_scores_the_checkpoint_and_writes_json(straight_run, ca
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
-  # lr 0.1 for 4 steps, then 1e11: the loss blows up a few steps later, or the weights do first and a
-  # save refuses them (jax 0.12 reaches non-finite weights at a checkpoint step while the loss that
+  # lr 0.025 for 4 steps, then 2.5e10: the loss blows up a few steps later, or the weights do first and
+  # a save refuses them (jax 0.12 reaches non-finite weights at a checkpoint step while the loss that
   # produced them was still finite).
   with pytest.raises(TrainingDiverged) as error:
     train_here(tmp_path, 30, "--config.checkpoint_every_steps=2", "--config.schedule.boundaries=(4,)",
@@ -149,6 +151,16 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
   kept = saved_steps(tmp_path)
   assert kept and kept[-1] < bad_step
   assert all(np.isfinite(x).all() for x in leaves(read_state(tmp_path)["params"]))
+
+
+def test_a_non_finite_loss_is_caught_when_read_back_before_any_save_sees_the_state(tmp_path):
+  """The same blow-up with no save until the end: only the loss check, reading each step's loss
+  back (log_every_steps=1), can stop the run, and it names the step."""
+  with pytest.raises(TrainingDiverged, match=r"^loss is (nan|inf|-inf) at step ([5-9]|1\d|2\d); training stopped "
+                                             r"and no checkpoint was written"):
+    train_here(tmp_path, 30, "--config.checkpoint_every_steps=1000", "--config.schedule.boundaries=(4,)",
+               "--config.schedule.decay_factor=1e12")
+  assert saved_steps(tmp_path) == []
 
 
 def test_ema_weights_and_named_evaluations_are_logged_saved_recorded_and_rescored(tmp_path):
