@@ -47,6 +47,12 @@ DIVERGED_FIX = ("Lower schedule.learning_rate or add schedule.warmup and rerun w
                 "or start again in a new --workdir.")
 
 
+def disk_full_error(problem: str, newest: int | None) -> DiskFull:
+  """A full disk's one line: what failed, which checkpoint is intact, and how to go on."""
+  kept = f"checkpoint {newest} is intact" if newest else "no checkpoint was written"
+  return DiskFull(f"{problem}; {kept}. Free space (or use a --workdir elsewhere) and rerun the same command to resume")
+
+
 class CorruptCheckpoint(Exception):
   """A checkpoint's files differ from its manifest."""
 
@@ -115,10 +121,8 @@ class Checkpoints:
     existing = self.directory if self.directory.exists() else self.directory.parent
     free = shutil.disk_usage(existing).free
     if free < needed:
-      newest = self.newest()
-      raise DiskFull(f"no room for checkpoint {step} in {self.directory}: it needs about {needed / 2**20:,.1f} MB and "
-                     f"{free / 2**20:,.1f} MB are free; {f'checkpoint {newest} is intact' if newest else 'no checkpoint was written'}. "
-                     f"Free space (or use a --workdir elsewhere) and rerun the same command to resume")
+      raise disk_full_error(f"no room for checkpoint {step} in {self.directory}: it needs about "
+                            f"{needed / 2**20:,.1f} MB and {free / 2**20:,.1f} MB are free", self.newest())
 
   def _seal(self, step: int) -> None:
     """Writes the step's manifest as soon as Orbax has committed it (renamed into place). It polls:

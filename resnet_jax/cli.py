@@ -56,9 +56,8 @@ def parse(argv: Sequence[str] | None, define: Callable[[flags.FlagValues], None]
   line; --help prints `usage` and the flags."""
   argv = list(sys.argv[1:] if argv is None else argv)
   values = flags.FlagValues()
-  if config:  # ml_collections finds the override flags in the arguments it is given here
-    config_flags.DEFINE_config_file("config", None, "config file[:arguments]", flag_values=values,
-                                    lock_config=True, sys_argv=[sys.argv[0], *argv])
+  if config:
+    _define_config(values, argv)
     flags.mark_flag_as_required("config", flag_values=values)
   define(values)
   for flag in flags.FLAGS.get_flags_for_module("absl.logging"):  # --verbosity, --logtostderr, ...
@@ -81,12 +80,17 @@ def parse(argv: Sequence[str] | None, define: Callable[[flags.FlagValues], None]
   return values, arguments
 
 
+def _define_config(values: flags.FlagValues, argv: Sequence[str]) -> None:
+  """`--config=FILE[:ARGUMENTS]`; ml_collections finds its `--config.FIELD=VALUE` overrides in `argv`."""
+  config_flags.DEFINE_config_file("config", None, "config file[:arguments]", flag_values=values,
+                                  lock_config=True, sys_argv=[sys.argv[0], *argv])
+
+
 def load_config(arguments: Sequence[str]):
   """The config that `--config=FILE[:ARGUMENTS]` and `--config.FIELD=VALUE` arguments give, parsed
   as the commands parse them (e.g. what a sweep asks of a run); a bad one is a ConfigError."""
   values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "config file[:arguments]", flag_values=values,
-                                  lock_config=True, sys_argv=[sys.argv[0], *arguments])
+  _define_config(values, arguments)
   try:
     values([sys.argv[0], *arguments])
     values.config.get("seed")

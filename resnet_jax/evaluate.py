@@ -46,11 +46,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
   from resnet_jax.evaluation import describe, evaluate
   from resnet_jax.experiment import setup
 
-  workdir = args.workdir or (args.checkpoint and rundir.run_of_checkpoint(args.checkpoint))
+  scored_run = rundir.run_of_checkpoint(args.checkpoint) if args.checkpoint else args.workdir
+  workdir = args.workdir or scored_run
   if not workdir:
     raise ConfigError("give --workdir: a run's directory to score, or, with --checkpoint outside a run, where "
                       "the evaluation record goes (WORKDIR/eval/)")
-  scored_run = rundir.run_of_checkpoint(args.checkpoint) if args.checkpoint else workdir
   identity = rundir.read_identity(scored_run) if scored_run else None
   if args.protocol:
     with args.config.unlocked():

@@ -14,9 +14,9 @@ import ml_collections
 import numpy as np
 
 from resnet_jax import provenance, rundir, sharding
-from resnet_jax.checkpoint import DIVERGED_FIX, Checkpoints, PreemptionWatch
+from resnet_jax.checkpoint import DIVERGED_FIX, Checkpoints, PreemptionWatch, disk_full_error
 from resnet_jax.config import evaluations, resolve_data_name
-from resnet_jax.errors import ConfigError, DiskFull, TrainingDiverged, disk_full
+from resnet_jax.errors import ConfigError, TrainingDiverged, disk_full
 from resnet_jax.evaluation import describe, evaluate
 from resnet_jax.experiment import setup
 from resnet_jax.lock import WorkdirLock
@@ -68,10 +68,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, command:
     full = disk_full(error)
     if full is None:
       raise
-    newest = rundir.newest_checkpoint(workdir)
-    raise DiskFull(f"no space left on the device of {workdir} ({full}); "
-                   f"{f'checkpoint {newest} is intact' if newest else 'no checkpoint was written'}. Free space "
-                   f"(or use a --workdir elsewhere) and rerun the same command to resume") from None
+    raise disk_full_error(f"no space left on the device of {workdir} ({full})",
+                          rundir.newest_checkpoint(workdir)) from None
   finally:
     lock.release()
 

@@ -222,7 +222,7 @@ class TfdsSource:
     self.image_key, self.label_key = builder.info.supervised_keys
     self.classes = builder.info.features[self.label_key].names
     self.num_classes = len(self.classes)
-    self.name, self.split, self.version = name, split, str(builder.info.version)
+    self.name, self.split = name, split
     self.records = builder.as_data_source(split=split, decoders={self.image_key: tfds.decode.SkipDecoding()})
     ids = [f"{split}[{i}]" for i in range(len(self.records))]
     self.excluded = {i for i in ids if i in exclude}
