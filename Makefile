@@ -57,14 +57,15 @@ test-fast: $(STAMP)
 	$(SAY_STACK)
 	$(PYTEST) -m "not slow and not torch" tests
 
-# The tests that compare with PyTorch (skipped by `make test` without torch), after installing it in
-# the venv with pip, which on Python 3.11 here takes the CPU build from local disk (uv would download
-# a CUDA build of several GB). TORCH=... picks another requirement.
-TORCH ?= torch==2.13.0
+# The tests that compare with PyTorch and torchvision (skipped by `make test` without them), after
+# installing both in the venv with pip, which on Python 3.11 here takes them from local disk (a CUDA
+# build run on the CPU; uv would download it). Here a test that cannot import torch or torchvision
+# fails rather than skips. TORCH=... picks other requirements.
+TORCH ?= torch==2.14.1 torchvision==0.29.1
 test-torch: $(STAMP)
 	$(SAY_STACK)
-	$(PY) -m pip install -q "$(TORCH)"
-	$(PYTEST) -m torch tests
+	$(PY) -m pip install -q $(TORCH)
+	RESNET_JAX_REQUIRE_TORCH=1 $(PYTEST) -m torch tests
 
 # A few minutes' check of a second stack (CI runs it on Python 3.11): the CPU reproducers, the
 # paper's counts, and the demo trained and evaluated for 20 steps.

@@ -10,17 +10,35 @@ import pytest
 
 import resnet_jax  # noqa: F401  (first: applies the jaxlib CPU work-around before JAX starts)
 
+# torchvision imports triton (torch's CUDA builds), whose native library crashes the process if loaded
+# after TensorFlow's (torch 2.14.1, tensorflow 2.21): where torchvision is installed, it loads first.
+if importlib.util.find_spec("torchvision"):
+  import torchvision  # noqa: F401
+
 CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
 
 
 def pytest_terminal_summary(terminalreporter):
   """One line saying how many PyTorch comparisons did not run, and how to run them."""
   skipped = [report for report in terminalreporter.stats.get("skipped", [])
-             if "could not import 'torch'" in str(report.longrepr)]
+             if "could not import 'torch" in str(report.longrepr)]  # torch or torchvision
   if skipped:
     terminalreporter.write_line(
-        f"torch is not installed: {len(skipped)} tests comparing with PyTorch were skipped; "
-        f"`make test-torch` installs it in the venv and runs them")
+        f"torch or torchvision is not installed: {len(skipped)} tests comparing with them were skipped; "
+        f"`make test-torch` installs both in the venv and runs them")
+
+
+# `make test-torch` sets this: there a comparison that cannot import torch or torchvision is a failure
+# (a broken install), not a skip.
+REQUIRE_TORCH = os.environ.get("RESNET_JAX_REQUIRE_TORCH") == "1"
+
+
+@pytest.fixture(autouse=True)
+def _torch_importable_where_required(request):
+  """Under `make test-torch`, a torch-marked test fails at set-up when torch or torchvision does not import."""
+  if REQUIRE_TORCH and request.node.get_closest_marker("torch"):
+    import torch  # noqa: F401
+    import torchvision  # noqa: F401
 
 
 def load_config(name: str, argument: str | None = None):

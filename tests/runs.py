@@ -51,9 +51,13 @@ def train(workdir, steps, *overrides, devices=1, module="resnet_jax.main"):
                         capture_output=True, text=True, timeout=400)
 
 
-def start(workdir, steps, *overrides):
-  return subprocess.Popen(command("resnet_jax.main", workdir, steps, *overrides), cwd=ROOT,
-                          env=environment(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def start(workdir, steps, *overrides, held_save: tuple = ()):
+  """Starts the trainer; `held_save=(step, phase, seconds)` holds that save open (tests/held_save.py)."""
+  arguments_ = command("resnet_jax.main", workdir, steps, *overrides)
+  if held_save:
+    arguments_[1:3] = [str(ROOT / "tests" / "held_save.py"), *map(str, held_save)]
+  return subprocess.Popen(arguments_, cwd=ROOT, env=environment(1), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
 
 
 def saved_steps(workdir):

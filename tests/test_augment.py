@@ -63,15 +63,31 @@ def test_paper_crop_is_the_window_that_scaling_maps_onto_it_inside_the_image_and
   assert len(corners) > 20  # the position is random too
 
 
-def test_paper_crop_of_a_jpeg_decodes_only_the_window():
+def test_paper_crop_of_a_jpeg_decodes_only_the_window(monkeypatch):
+  """The whole-image decoders are made to fail and the windowed one is watched: the crop must come
+  from decoding just its window (pixels alone could not tell: a full decode then a crop gives the same)."""
   image = gradient_image(375, 500)
   jpeg = encoded(image, "jpeg")
+  decoded_windows = []
+  decode_and_crop = tf.image.decode_and_crop_jpeg
+
+  def watched_decode_and_crop(contents, crop_window, **kwargs):
+    decoded_windows.append(crop_window.numpy().tolist())
+    return decode_and_crop(contents, crop_window, **kwargs)
+
+  def whole_image_decoder(*args, **kwargs):
+    raise AssertionError("the whole image was decoded")
+  monkeypatch.setattr(tf.image, "decode_and_crop_jpeg", watched_decode_and_crop)
+  monkeypatch.setattr(tf.io, "decode_jpeg", whole_image_decoder)
+  monkeypatch.setattr(tf.io, "decode_image", whole_image_decoder)
   out = augment.paper_train(jpeg, seed(3), lighting_std=0.0)["image"].numpy()
+  monkeypatch.undo()
   assert out.shape == (224, 224, 3)
-  # The same window cut from the fully decoded JPEG gives the same pixels.
   size_seed, crop_seed = augment.split_seed(seed(3), 4)[:2]
   window = augment.scale_crop_window(tf.constant([375, 500, 3]), crop_seed, 224, augment.random_scale(size_seed, (256, 480)))
   top, left, height, width = window.numpy()
+  assert decoded_windows == [[top, left, height, width]] and height < 375
+  # The same window cut from the fully decoded JPEG gives the same pixels.
   full = augment.decode(jpeg).numpy()[top:top + height, left:left + width].astype(np.float32)
   expected = tf.image.resize(full, [224, 224], antialias=True).numpy()
   assert np.abs(out - expected).mean() < 1.0 or np.abs(out - expected[:, ::-1]).mean() < 1.0

@@ -13,7 +13,8 @@ only_with_the_workaround = pytest.mark.skipif(
     not (0, 10, 2) <= _jaxlib_version() < (0, 11), reason="jaxlib needs no work-around")
 
 # The upstream reproducer: a vmapped matrix-vector product followed by a reduction. With YNN
-# fusions on, jaxlib 0.10.2 returns 1065369600 instead of (n - 1)^2 = 1073741824.
+# fusions on, jaxlib 0.10.2 returns another sum than (n - 1)^2 = 1073741824 (upstream 1065369600, here
+# 1071645696).
 VMAPPED_MATVEC = """
 import jax, jax.numpy as jnp
 n = 32_769
@@ -29,6 +30,14 @@ assert got == float(n - 1) ** 2, got
 def test_importing_resnet_jax_first_gives_correct_cpu_results():
   result = run_python("import resnet_jax\n" + VMAPPED_MATVEC, {"XLA_FLAGS": None})
   assert result.returncode == 0, result.stderr
+
+
+@only_with_the_workaround
+def test_without_the_workaround_this_jaxlib_miscomputes_the_reproducer():
+  """The negative control of the test above: the same code without importing resnet_jax gets the
+  upstream wrong answer, so that test passes because of the work-around."""
+  result = run_python(VMAPPED_MATVEC, {"XLA_FLAGS": None})
+  assert result.stderr.strip().splitlines()[-1].startswith("AssertionError: "), result.stderr[-2000:]
 
 
 def test_jaxlib_0_12_keeps_ynn_for_dots_and_reductions_and_is_correct():

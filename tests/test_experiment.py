@@ -8,10 +8,20 @@ from conftest import load_config
 from resnet_jax.errors import ConfigError
 
 
+# Settings whose check needs the data's own description (its channels, classes, kind), which loading
+# gives; every other setting is refused before the data is touched.
+CHECKED_AGAINST_THE_DATA = {"model.input_channels", "model.num_classes", "data.eval_view", "data.augmentation",
+                            "data.normalization", "data.exclude_file", "data.eval_resampler"}
+
+
 @pytest.mark.slow
 def test_config_errors_are_clear_and_come_before_compiling(monkeypatch):
+  from resnet_jax import experiment
   from resnet_jax.experiment import setup
   config = load_config("mnist_demo", "depth=8")
+  loaded = []
+  load = experiment.make_inputs
+  monkeypatch.setattr(experiment, "make_inputs", lambda config: loaded.append(True) or load(config))
   cases = [
       ("batch_size", 0, "batch_size must be a positive integer"),
       ("eval_batch_size", -4, "eval_batch_size must be a positive integer"),
@@ -37,8 +47,10 @@ def test_config_errors_are_clear_and_come_before_compiling(monkeypatch):
   for field, value, message in cases:
     bad = config.copy_and_resolve_references()
     bad.update_from_flattened_dict({field: value})
+    loaded.clear()
     with pytest.raises(ConfigError, match=message):
       setup(bad)
+    assert bool(loaded) == (field in CHECKED_AGAINST_THE_DATA), f"{field}: the data was loaded first: {bool(loaded)}"
   for evals, message in (({"Val": "test"}, "evals.Val='test' is invalid"), ({"val": "nope"}, "nope")):
     bad = config.copy_and_resolve_references()
     bad.evals = evals

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from runs import ROOT, metrics, saved_steps, start
+from runs import ROOT, evaluate_here, metrics, saved_steps, start
 
 from conftest import load_config
 from resnet_jax import cli
@@ -34,21 +34,27 @@ def wait_for(condition, process, what, timeout=300):
 
 def test_a_running_trainer_is_neither_harmed_by_readers_nor_joined_by_a_second_trainer(tmp_path):
   """One trainer saving every step. Meanwhile: the evaluate command's restore of the run's newest
-  checkpoint, over and over, and a second trainer with another learning rate;
-  then Ctrl-C. Before: opening the checkpoints cleaned up temporary directories, deleting the
+  checkpoint, over and over, twice the whole evaluate command followed by the table of its records
+  and the plot of the run's curves (files the trainer is writing); then a second trainer with another
+  learning rate; then Ctrl-C. Before: opening the checkpoints cleaned up temporary directories, deleting the
   trainer's save in progress (the trainer died), and the second trainer joined in silently,
   interleaving its metrics and checkpoints with the first's."""
   from resnet_jax import main
   from resnet_jax.checkpoint import weights_from_run
   from resnet_jax.experiment import setup
+  from resnet_jax.tools import plot, table
   config = load_config("mnist_demo", "depth=8,batch=32,steps=400")
   config.eval_batch_size = 96
   experiment = setup(config)
   first = start(tmp_path, 400, "--config.checkpoint_every_steps=1", "--config.keep_checkpoints=400")
   wait_for(lambda: saved_steps(tmp_path), first, "a first checkpoint")
-  restored = []
+  restored, tabled = [], []
   while len(restored) < 8 and first.poll() is None:
     restored.append(weights_from_run(experiment, str(tmp_path), None)[0])
+    if len(restored) in (1, 5):  # the whole evaluate command, then the table and plot of the run
+      evaluate_here(tmp_path, 400)
+      tabled.append(int(table.main([str(tmp_path)]).splitlines()[-1].split("|")[4].replace(",", "")))  # its steps
+      plot.main([str(tmp_path), f"--output={tmp_path / 'curves.png'}"])
   with pytest.raises(WorkdirInUse) as second:  # a second trainer, here in this process
     main.main(["--config=configs/mnist_demo.py:depth=8,batch=32,steps=400", f"--workdir={tmp_path}",
                "--config.schedule.learning_rate=0.5"])
@@ -57,6 +63,7 @@ def test_a_running_trainer_is_neither_harmed_by_readers_nor_joined_by_a_second_t
   assert first.returncode == 0 and "preempted at step" in output, output[-3000:]
   assert "press Ctrl-C again to abort at once" in output
   assert len(restored) == 8 and restored == sorted(restored), restored
+  assert len(tabled) == 2 and tabled == sorted(tabled) and (tmp_path / "curves.png").stat().st_size > 0, tabled
   assert str(second.value).startswith(
       f"{tmp_path} is in use by another trainer (host {socket.gethostname()}, pid {first.pid}, since ")
   steps = [r["step"] for r in metrics(tmp_path) if "train/loss" in r]

@@ -3,6 +3,9 @@ crash skipped with a warning, and the names the tools look for."""
 
 import json
 import pathlib
+import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -39,6 +42,41 @@ def test_a_truncated_record_is_skipped_with_a_warning_so_the_run_counts_as_unfin
   assert "skipping the unreadable evaluation record" in caplog.text
   with pytest.raises(FileNotFoundError, match="no evaluation records"):
     table.find_records([str(tmp_path)])
+
+
+# Run in a fresh process: every file write stops half way and the process is SIGKILLed there.
+KILLED_HALF_WAY_THROUGH = """
+import os, pathlib, signal, sys
+from conftest import load_config
+from resnet_jax import rundir
+
+def half_then_killed(path, text, *args, **kwargs):
+  with open(path, "w") as file:
+    file.write(text[:len(text) // 2])
+  os.kill(os.getpid(), signal.SIGKILL)
+pathlib.Path.write_text = half_then_killed
+workdir, what = sys.argv[1:]
+config = load_config("mnist_demo")
+if what == "record":
+  rundir.write_record(workdir, 8, config, {RESULTS!r}, final=True)
+else:
+  rundir.write_config(workdir, dict(config.to_dict(), seed=7))
+"""
+
+
+@pytest.mark.parametrize("what", ["record", "config"])
+def test_a_process_killed_while_writing_a_record_or_the_config_leaves_the_old_ones_whole(tmp_path, what):
+  config = load_config("mnist_demo")
+  rundir.write_config(tmp_path, config.to_dict())
+  rundir.write_record(tmp_path, 6, config, RESULTS)
+  before = {path.name: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+  killed = subprocess.run([sys.executable, "-c", KILLED_HALF_WAY_THROUGH.format(RESULTS=RESULTS), str(tmp_path), what],
+                          cwd=pathlib.Path(__file__).parent, capture_output=True, text=True, timeout=300)
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+  after = {path.name: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file() and not path.name.startswith(".")}
+  assert after == before  # the half-written file is a hidden temporary one, never in a reader's way
+  assert [path.name for path, _ in rundir.records(tmp_path)] == ["step_6_live_center.json"]
+  assert rundir.final_record(tmp_path) is None and rundir.read_config(tmp_path)["seed"] == config.seed
 
 
 def test_a_checkpoint_directory_names_its_run_and_a_converted_one_none():

@@ -18,18 +18,24 @@ from runs import ROOT, by_step, environment, evaluate_here, leaves, losses, metr
 
 from conftest import load_config
 from resnet_jax import main, rundir
+from resnet_jax.checkpoint import MANIFEST
 from resnet_jax.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 
 pytestmark = pytest.mark.slow  # whole training runs: `make test-fast` leaves these out
 
 
-def wait_for_checkpoint(process, workdir, at_least):
+def wait_until(condition, process, what):
   deadline = time.time() + 300
   while time.time() < deadline and process.poll() is None:
-    if any(s >= at_least for s in saved_steps(workdir)):
+    if condition():
       return
-    time.sleep(0.05)
-  raise AssertionError(f"no checkpoint >= {at_least}: {process.communicate()[0][-3000:]}")
+    time.sleep(0.02)
+  process.kill()
+  raise AssertionError(f"never saw {what}: {process.communicate()[0][-3000:]}")
+
+
+def wait_for_checkpoint(process, workdir, at_least):
+  wait_until(lambda: any(s >= at_least for s in saved_steps(workdir)), process, f"a checkpoint >= {at_least}")
 
 
 def test_one_device_and_eight_devices_give_the_same_losses_and_bn_statistics(tmp_path):
@@ -69,20 +75,50 @@ def assert_same_run(workdir, reference):
     np.testing.assert_array_equal(a, b)
 
 
-def test_resume_after_sigkill_at_a_random_step_is_bit_identical(straight_run, tmp_path, caplog):
+# Kills inside saves, in order on one run: (the step whose save is held open, where it is held).
+KILLS_INSIDE_SAVES = [(8, "commit"), (12, "seal"), (16, "commit")]
+HOLD_SECONDS = 2.5
+
+
+def save_in_flight(workdir, step) -> dict[str, bool]:
+  """What is on disk of step's save: Orbax's temporary directory, the step, its manifest."""
+  directory = workdir / "checkpoints"
+  return {"temporary": any(directory.glob(f"{step}.orbax-checkpoint-tmp*")),
+          "in_place": (directory / str(step)).is_dir(),
+          "manifest": (directory / str(step) / MANIFEST).exists()}
+
+
+def test_sigkills_inside_saves_leave_a_run_that_resumes_bit_identical(straight_run, tmp_path, caplog):
+  """Each kill lands while a save is in flight, at a seeded moment of a window held open
+  (tests/held_save.py), and the process is frozen (SIGSTOP) to record what was on disk at that
+  instant: `commit`, the step still in Orbax's temporary directory; `seal`, in place without its
+  manifest. The next start resumes from the newest checkpoint in place (a sealless one restored
+  unverified, with a warning) and the run ends bit-identical to one never interrupted."""
   reference, _ = straight_run
-  process = start(tmp_path, 24, "--config.checkpoint_every_steps=4", "--config.eval_every_epochs=0.04")
-  rng = random.Random(0)  # seeded: a failure names a kill point that a rerun reproduces
-  wait_for_checkpoint(process, tmp_path, rng.choice([4, 8, 12]))
-  time.sleep(rng.uniform(0.0, 0.5))
-  process.kill()
-  process.wait()
-  interrupted_at = saved_steps(tmp_path)[-1]
-  assert interrupted_at < 24
+  settings = ["--config.checkpoint_every_steps=4", "--config.eval_every_epochs=0.04"]
+  expected_in_flight = {"commit": {"temporary": True, "in_place": False, "manifest": False},
+                        "seal": {"temporary": False, "in_place": True, "manifest": False}}
+  rng = random.Random(0)  # seeded: a failure names kill moments that a rerun reproduces
+  resumed_from = None
+  for step, phase in KILLS_INSIDE_SAVES:
+    process = start(tmp_path, 24, *settings, held_save=(step, phase, HOLD_SECONDS))
+    wait_until(lambda: save_in_flight(tmp_path, step) == expected_in_flight[phase], process, f"{phase} of save {step}")
+    time.sleep(rng.uniform(0.0, HOLD_SECONDS - 1.0))
+    process.send_signal(signal.SIGSTOP)
+    on_disk = save_in_flight(tmp_path, step)
+    newest_in_place = saved_steps(tmp_path)[-1]
+    process.kill()
+    output, _ = process.communicate()
+    assert on_disk == expected_in_flight[phase], (step, phase, on_disk)
+    if resumed_from is not None:
+      assert f"resumed from checkpoint {resumed_from}" in output, output[-3000:]
+    resumed_from = newest_in_place
+  assert (resumed_from, phase) == (15, "commit")  # 16's save was cut short; 15 is the eval step's
   with caplog.at_level(logging.INFO):
-    train_here(tmp_path, 24, "--config.checkpoint_every_steps=4", "--config.eval_every_epochs=0.04")
-  assert f"resumed from checkpoint {interrupted_at}" in caplog.text
+    train_here(tmp_path, 24, *settings)
+  assert f"resumed from checkpoint {resumed_from}" in caplog.text
   assert_same_run(tmp_path, reference)
+  assert not list((tmp_path / "checkpoints").glob("*orbax-checkpoint-tmp*"))
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly_then_resumes_identically(straight_run, tmp_path):
