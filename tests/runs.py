@@ -10,6 +10,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -58,6 +59,17 @@ def start(workdir, steps, *overrides, held_save: tuple = ()):
     arguments_[1:3] = [str(ROOT / "tests" / "held_save.py"), *map(str, held_save)]
   return subprocess.Popen(arguments_, cwd=ROOT, env=environment(1), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
+
+
+def wait_until(condition, process, what: str, timeout: float = 300) -> None:
+  """Polls `condition` every 20 ms while `process` runs; otherwise kills it and fails with its output."""
+  deadline = time.time() + timeout
+  while time.time() < deadline and process.poll() is None:
+    if condition():
+      return
+    time.sleep(0.02)
+  process.kill()
+  raise AssertionError(f"never saw {what}: {process.communicate()[0][-3000:]}")
 
 
 def saved_steps(workdir):

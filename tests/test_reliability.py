@@ -8,11 +8,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
-from runs import ROOT, evaluate_here, metrics, saved_steps, start
+from runs import ROOT, evaluate_here, metrics, saved_steps, start, wait_until
 
 from conftest import load_config
 from resnet_jax import cli
@@ -21,15 +20,6 @@ from resnet_jax.errors import ConfigError, DataError, TrainingDiverged, WorkdirI
 from resnet_jax.lock import WorkdirLock
 
 pytestmark = pytest.mark.slow  # subprocesses: `make test-fast` leaves these out
-
-
-def wait_for(condition, process, what, timeout=300):
-  deadline = time.time() + timeout
-  while time.time() < deadline and process.poll() is None:
-    if condition():
-      return
-    time.sleep(0.05)
-  raise AssertionError(f"{what} did not happen: {process.communicate()[0][-3000:]}")
 
 
 def test_a_running_trainer_is_neither_harmed_by_readers_nor_joined_by_a_second_trainer(tmp_path):
@@ -47,7 +37,7 @@ def test_a_running_trainer_is_neither_harmed_by_readers_nor_joined_by_a_second_t
   config.eval_batch_size = 96
   experiment = setup(config)
   first = start(tmp_path, 400, "--config.checkpoint_every_steps=1", "--config.keep_checkpoints=400")
-  wait_for(lambda: saved_steps(tmp_path), first, "a first checkpoint")
+  wait_until(lambda: saved_steps(tmp_path), first, "a first checkpoint")
   restored, tabled = [], []
   while len(restored) < 8 and first.poll() is None:
     restored.append(weights_from_run(experiment, str(tmp_path), None)[0])

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 from runs import ROOT, by_step, environment, evaluate_here, leaves, losses, metrics, read_state, saved_steps, start, \
-    train, train_here
+    train, train_here, wait_until
 
 from conftest import load_config
 from resnet_jax import main, rundir
@@ -22,16 +22,6 @@ from resnet_jax.checkpoint import MANIFEST
 from resnet_jax.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 
 pytestmark = pytest.mark.slow  # whole training runs: `make test-fast` leaves these out
-
-
-def wait_until(condition, process, what):
-  deadline = time.time() + 300
-  while time.time() < deadline and process.poll() is None:
-    if condition():
-      return
-    time.sleep(0.02)
-  process.kill()
-  raise AssertionError(f"never saw {what}: {process.communicate()[0][-3000:]}")
 
 
 def wait_for_checkpoint(process, workdir, at_least):
