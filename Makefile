@@ -57,11 +57,11 @@ test-fast: $(STAMP)
 	$(SAY_STACK)
 	$(PYTEST) -m "not slow and not torch" tests
 
-# The tests that compare with PyTorch and torchvision (skipped by `make test` without them), after
-# installing both in the venv with pip, which on Python 3.11 here takes them from local disk (a CUDA
-# build run on the CPU; uv would download it). Here a test that cannot import torch or torchvision
-# fails rather than skips. TORCH=... picks other requirements.
-TORCH ?= torch==2.14.1 torchvision==0.29.1
+# The tests that compare with PyTorch, torchvision and timm (skipped by `make test` without them), after
+# installing them in the venv with pip, which on Python 3.11 here takes torch and torchvision from local
+# disk (a CUDA build run on the CPU; uv would download it) and timm from the package index. Here a test
+# that cannot import them fails rather than skips. TORCH=... picks other requirements.
+TORCH ?= torch==2.14.1 torchvision==0.29.1 timm==1.0.31
 test-torch: $(STAMP)
 	$(SAY_STACK)
 	$(PY) -m pip install -q $(TORCH)

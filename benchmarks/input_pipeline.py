@@ -5,7 +5,8 @@
 Makes its own JPEG folder (500x375, ImageNet's median size, ~110 KB at quality 90 of smooth noise),
 then times, in one run: a plain baseline (full decode, resize the shorter side to 256, center
 crop 224), the paper's and the Inception train pipelines (bilinear resize of the crop, the default,
-and antialiased), and the center, 10-crop and multi-scale eval views.
+and antialiased), the fast (FFCV) recipe's at its two sizes, and the center, 10-crop and multi-scale
+eval views.
 """
 
 import functools
@@ -67,7 +68,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         "train: inception (random-resized crop, flip)": (train, functools.partial(augment.inception_train, antialias=False)),
         "train: paper, antialiased resize": (train, augment.paper_train),
         "train: inception, antialiased resize": (train, augment.inception_train),
+        "train: fast (FFCV) recipe at 160 px": (train, functools.partial(augment.inception_train, crop=160)),
+        "train: fast (FFCV) recipe at 192 px": (train, functools.partial(augment.inception_train, crop=192)),
         "eval: center crop": (evaluate, streamed.views_function("center", 256, 224)),
+        "eval: fast (FFCV) recipe, resize 293, center 256": (evaluate, streamed.views_function("center", 293, 256)),
         "eval: 10-crop (10 views an image)": (evaluate, streamed.views_function("10crop", 256, 224)),
         "eval: multi-scale (5 scales x 2 flips)": (
             evaluate, streamed.views_function("multiscale", 0, 0, (224, 256, 384, 480, 640))),

@@ -13,6 +13,7 @@ import ml_collections
 
 from resnet_jax import sections
 from resnet_jax.errors import ConfigError
+from resnet_jax.mixing import MixConfig
 from resnet_jax.models.resnet import ModelConfig
 from resnet_jax.optim import OptimizerConfig, ScheduleConfig
 
@@ -46,12 +47,21 @@ def base_config() -> ml_collections.ConfigDict:
       # streamed 'inception': the crop's share of the image area and its aspect ratio (Szegedy et al.)
       crop_area=(0.08, 1.0),
       crop_aspect=(3 / 4, 4 / 3),
-      image_size=224,  # the side of a train image (streamed: the train and eval crop)
+      image_size=224,  # the side of a train image (streamed: the train crop)
+      # streamed: progressive resizing as FFCV's. From `low` > 0 px (until start_epoch), rising linearly
+      # to image_size (from end_epoch), each epoch's size rounded to a multiple of 32; the batch stays.
+      progressive=ml_collections.ConfigDict(dict(low=0, start_epoch=0, end_epoch=0)),
       # streamed: antialiased resizing of train crops; off (bilinear, as the Flax and TPU reference
       # pipelines) doubles the images/s a core makes. Eval views are always antialiased.
       train_antialias=False,
       eval_resize=256,  # streamed: shorter side before the eval crop(s)
+      eval_crop=0,  # streamed: the side of the eval crops; 0 = image_size (FixRes: train 176, eval 224)
       eval_view="center",  # streamed: 'center', '10crop' or 'multiscale' (Table 4)
+      # Also score each center view's mirror image (FFCV's test-time flip); 10crop and multiscale have it.
+      eval_flip=False,
+      # How an example's views are combined: the mean of their softmax ('probabilities', the paper's
+      # 10-crop) or of their logits ('logits', FFCV's flip).
+      eval_average="probabilities",
       eval_scales=(224, 256, 384, 480, 640),  # multiscale: the shorter sides, whole image + mirror
       # streamed: 'tensorflow' (torchvision's crops of TensorFlow's antialiased resize) or 'pil' (torchvision's
       # Resize + CenterCrop/TenCrop to the pixel, for scoring torchvision weights as their authors did)
@@ -77,6 +87,13 @@ def base_config() -> ml_collections.ConfigDict:
   )
   c.optimizer = ml_collections.ConfigDict(dataclasses.asdict(OptimizerConfig()))
   c.label_smoothing = 0.0
+  # Batch augmentations on the devices (mixing.py): mixup / cutmix with soft targets.
+  c.mix = ml_collections.ConfigDict(dataclasses.asdict(MixConfig()))
+  # 'cross_entropy' (softmax) or 'binary_cross_entropy' (a sigmoid per class, averaged over classes
+  # and examples, as timm's BinaryCrossEntropy); bce_target_threshold > 0 turns each (smoothed,
+  # mixed) target into 1 above it and 0 below (timm's target_threshold; 0: off).
+  c.loss = "cross_entropy"
+  c.bce_target_threshold = 0.0
   c.ema_decay = 0.0  # > 0 keeps an exponential moving average of the weights and evaluates it too
   c.log_every_steps = 50
   c.eval_every_epochs = 1.0  # 0 = only at the end
@@ -87,11 +104,14 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+LOSSES = ("cross_entropy", "binary_cross_entropy")
 # (field, test, what it must be): the run-level settings (the model, schedule and optimizer sections
 # check themselves). A value that fails is refused before anything loads or compiles.
 _RULES = (
     ("seed", lambda v: isinstance(v, int) and v >= 0, "a non-negative integer"),
     ("label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("loss", lambda v: v in LOSSES, " or ".join(map(repr, LOSSES))),
+    ("bce_target_threshold", lambda v: 0 <= v < 1, "in [0, 1) (0: off)"),
     ("ema_decay", lambda v: 0 <= v < 1, "in [0, 1) (0: no EMA)"),
     ("num_train_steps", lambda v: isinstance(v, int) and v >= 0, "0 (use num_epochs) or a positive integer"),
     ("num_epochs", lambda v: v >= 0, "non-negative"),
@@ -108,6 +128,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Refuses the first invalid run setting with a ConfigError naming it (the sections, data and
   batch fields are checked by the components that use them)."""
   sections.check(config, "", _RULES)
+  MixConfig.from_mapping(config.mix)
+  if config.bce_target_threshold and config.loss != "binary_cross_entropy":
+    raise ConfigError(f"bce_target_threshold={config.bce_target_threshold} applies to loss='binary_cross_entropy'; "
+                      f"loss={config.loss!r}")
   for name, split in config.evals.items():
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or not isinstance(split, str) or not split:
       raise ConfigError(f"evals.{name}={split!r} is invalid: each named evaluation is a lower-case name "

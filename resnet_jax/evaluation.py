@@ -20,21 +20,27 @@ def correct_top_k(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
 
 
 def eval_step(params: Any, batch_stats: Any, batch: dict, *, graphdef: nnx.GraphDef,
-              normalize: Callable[[jax.Array], jax.Array]) -> dict:
+              normalize: Callable[[jax.Array], jax.Array], flip: bool = False,
+              average: str = "probabilities") -> dict:
   """Sums over the real (mask = 1) examples of one global batch.
 
   Images are uint8 (batch, views, H, W, C), or a tuple of such with one size each (the scales of
-  Table 4's multi-scale testing), normalised here; an example's score is its softmax averaged over
-  all its views (1 center crop, the 10 crops of Table 3, or the whole image and its mirror at every
-  scale).
+  Table 4's multi-scale testing), normalised here; `flip` adds each view's mirror image. An
+  example's score is its softmax averaged over all its views (1 center crop, the 10 crops of Table
+  3, or the whole image and its mirror at every scale) or, `average='logits'`, the softmax of its
+  averaged logits (FFCV's flip test: argmax of the logits' sum).
   """
   model = nnx.merge(graphdef, params, batch_stats)
   groups = batch["image"] if isinstance(batch["image"], tuple) else (batch["image"],)
-  scores = []
+  if flip:
+    groups = tuple(jnp.concatenate([images, images[:, :, :, ::-1]], axis=1) for images in groups)
+  outputs = []
   for images in groups:
-    probabilities = jax.nn.softmax(model(normalize(images.reshape(-1, *images.shape[2:]))))
-    scores.append(probabilities.reshape(*images.shape[:2], -1))
-  scores = jnp.concatenate(scores, axis=1).mean(axis=1)
+    logits = model(normalize(images.reshape(-1, *images.shape[2:])))
+    outputs.append((jax.nn.softmax(logits) if average == "probabilities" else logits).reshape(*images.shape[:2], -1))
+  scores = jnp.concatenate(outputs, axis=1).mean(axis=1)
+  if average == "logits":
+    scores = jax.nn.softmax(scores)
   mask, labels = batch["mask"], batch["label"]
   loss = -jnp.log(jnp.take_along_axis(scores, labels[:, None], axis=1)[:, 0] + 1e-12)
   return {
@@ -47,7 +53,7 @@ def eval_step(params: Any, batch_stats: Any, batch: dict, *, graphdef: nnx.Graph
 
 # One jitted function for the whole process: with the (hashable) graphdef and normaliser static,
 # every periodic evaluation of a run reuses the first one's compilation.
-_compiled_eval_step = jax.jit(eval_step, static_argnames=("graphdef", "normalize"))
+_compiled_eval_step = jax.jit(eval_step, static_argnames=("graphdef", "normalize", "flip", "average"))
 
 
 TOP5_CLASSES = 5  # with at most this many classes, top-5 is 100% by construction
@@ -57,8 +63,9 @@ def evaluate(experiment: Any, params: Any, batch_stats: Any, split: str | None =
   """Scores a whole eval split (default: the config's `data.eval_split`); returns accuracies,
   errors (in %), the mean loss and the count scored. A network of 5 classes or fewer has no top-5
   result: every label is among its top 5."""
+  data = experiment.config.data
   step = functools.partial(_compiled_eval_step, graphdef=experiment.eval_graphdef,
-                           normalize=experiment.data.normalize)
+                           normalize=experiment.data.normalize, flip=data.eval_flip, average=data.eval_average)
   batches: Iterable[dict] = experiment.data.eval_batches(split)
   totals = {"count": 0.0, "loss": 0.0, "top1": 0.0, "top5": 0.0}
   pending = []

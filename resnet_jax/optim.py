@@ -15,10 +15,20 @@ import optax
 from resnet_jax import sections
 
 
+DECAYS = ("step", "cosine", "linear")
+OPTIMIZERS = ("sgd", "lars", "lamb", "adamw")
+# Which parameters weight decay leaves out, by recipe: none (the paper), the norms' scales and biases
+# (torchvision's --norm-weight-decay 0), every 1-D parameter (norms and the fc bias: timm's and the
+# LARS papers'), or the norms of the stem and residual branches but not the shortcut projections' (FFCV
+# selects "bn" in torchvision's names, which the projections' "downsample.1" lacks).
+NO_DECAY = ("none", "norms", "norms_and_biases", "stem_and_branch_norms")
+
+
 @dataclasses.dataclass(frozen=True)
 class ScheduleConfig:
   """The learning rate: a peak (`learning_rate`; the run config derives it from the batch size),
-  `decay` 'step' (x `decay_factor` at each of `boundaries`) or 'cosine' (to 0 at the end), lengths
+  `decay` 'step' (x `decay_factor` at each of `boundaries`), 'cosine' or 'linear' (to 0 at the end:
+  FFCV's "cyclic" schedule after its linear warmup), lengths
   in `unit` ('steps' | 'epochs'), and `warmup` of that length: 'linear' (Goyal et al.'s ramp from
   `warmup_lr`) or 'constant' (`warmup_lr`, then the peak, as for ResNet-110)."""
 
@@ -34,7 +44,7 @@ class ScheduleConfig:
   def __post_init__(self):
     sections.check(self, "schedule", (
         ("learning_rate", lambda v: v > 0, "positive (a negative rate climbs the loss)"),
-        ("decay", lambda v: v in ("step", "cosine"), "'step' or 'cosine'"),
+        ("decay", lambda v: v in DECAYS, "'step', 'cosine' or 'linear'"),
         ("boundaries", lambda v: list(v) == sorted(v) and all(b > 0 for b in v), "positive and increasing"),
         ("decay_factor", lambda v: v > 0, "positive"),
         ("unit", lambda v: v in ("steps", "epochs"), "'steps' or 'epochs'"),
@@ -50,21 +60,32 @@ class ScheduleConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-  """`name` 'sgd' (the paper's, with `momentum`, optionally `nesterov`) or 'lars' (You et al., for
-  large batches); `weight_decay` on every parameter (the paper) or, `decay_bn_and_bias=False`, on
-  the conv and dense kernels only."""
+  """`name` 'sgd' (the paper's, with `momentum`, optionally `nesterov`), 'lars' (You et al., for
+  large batches), 'lamb' (You et al. 2020, as timm's Lamb: RSB's) or 'adamw' (Loshchilov & Hutter, as
+  torch.optim.AdamW); `weight_decay` on every parameter but those `no_decay` names (see NO_DECAY).
+  Adam's moments: `beta1`, `beta2`, `eps`. `clip_grad_norm` > 0 scales the gradients down to that
+  global norm first (timm's Lamb does it itself, at 1.0)."""
 
   name: str = "sgd"
   momentum: float = 0.9
   nesterov: bool = False
   weight_decay: float = 1e-4
-  decay_bn_and_bias: bool = True
+  no_decay: str = "none"
+  beta1: float = 0.9
+  beta2: float = 0.999
+  eps: float = 1e-8
+  clip_grad_norm: float = 0.0
 
   def __post_init__(self):
     sections.check(self, "optimizer", (
-        ("name", lambda v: v in ("sgd", "lars"), "'sgd' or 'lars'"),
+        ("name", lambda v: v in OPTIMIZERS, "one of " + ", ".join(map(repr, OPTIMIZERS))),
         ("momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
         ("weight_decay", lambda v: v >= 0, "non-negative"),
+        ("no_decay", lambda v: v in NO_DECAY, "one of " + ", ".join(map(repr, NO_DECAY))),
+        ("beta1", lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("beta2", lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("eps", lambda v: v > 0, "positive"),
+        ("clip_grad_norm", lambda v: v >= 0, "0 (off) or positive"),
     ))
 
   @classmethod
@@ -84,7 +105,11 @@ def learning_rate_schedule(schedule: ScheduleConfig, steps_per_epoch: int, total
     main = optax.piecewise_constant_schedule(peak, {b: schedule.decay_factor for b in boundaries})
   else:
     span = max(total_steps - warmup, 1)
-    main = lambda step: 0.5 * peak * (1 + jnp.cos(jnp.pi * jnp.clip(step - warmup, 0, span) / span))
+    done = lambda step: jnp.clip(step - warmup, 0, span) / span
+    if schedule.decay == "cosine":
+      main = lambda step: 0.5 * peak * (1 + jnp.cos(jnp.pi * done(step)))
+    else:
+      main = lambda step: peak * (1 - done(step))
 
   def rate(step: jax.Array) -> jax.Array:
     if not warmup:
@@ -96,21 +121,40 @@ def learning_rate_schedule(schedule: ScheduleConfig, steps_per_epoch: int, total
   return rate
 
 
-def decay_mask(params: Any, decay_bn_and_bias: bool) -> Any:
-  """Which parameters get weight decay: all (the paper), or only conv/dense kernels."""
-  return jax.tree.map(lambda p: decay_bn_and_bias or p.ndim > 1, params)
+def decay_mask(params: Any, no_decay: str) -> Any:
+  """Which parameters get weight decay (True), those `no_decay` names left out (see NO_DECAY)."""
+  def decays(path: tuple, p: jax.Array) -> bool:
+    names = {getattr(key, "key", None) for key in path}
+    in_norm = bool(names & {"norm", "norms"})
+    return {"none": True, "norms": not in_norm, "norms_and_biases": p.ndim > 1,
+            "stem_and_branch_norms": not in_norm or "shortcut" in names}[no_decay]
+
+  return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def make_optimizer(config: OptimizerConfig, schedule: optax.Schedule, params: Any) -> optax.GradientTransformation:
-  """SGD adds the decay to the gradient before momentum, as Caffe and torch.optim.SGD do."""
-  mask = decay_mask(params, config.decay_bn_and_bias)
+  """SGD adds the decay to the gradient before momentum, as Caffe and torch.optim.SGD do. LAMB is
+  timm's: Adam's step plus the decay, scaled by |w| / |step| on the decayed parameters only (the
+  others take Adam's step as it is). AdamW decays by lr x wd x w beside Adam's step."""
+  mask = decay_mask(params, config.no_decay)
   if config.name == "lars":
-    kernels = decay_mask(params, False)  # LARS leaves BN and biases out of the trust ratio.
-    return optax.lars(
+    kernels = decay_mask(params, "norms_and_biases")  # LARS leaves BN and biases out of the trust ratio.
+    optimizer = optax.lars(
         schedule, weight_decay=config.weight_decay, weight_decay_mask=mask,
         trust_ratio_mask=kernels, momentum=config.momentum, nesterov=config.nesterov,
     )
-  return optax.chain(
-      optax.add_decayed_weights(config.weight_decay, mask),
-      optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov),
-  )
+  elif config.name in ("lamb", "adamw"):
+    adam = optax.scale_by_adam(b1=config.beta1, b2=config.beta2, eps=config.eps)
+    decay = optax.add_decayed_weights(config.weight_decay, mask)
+    # timm adapts only what it decays; with no decay at all, nothing.
+    trust = (optax.masked(optax.scale_by_trust_ratio(), mask if config.weight_decay else jax.tree.map(lambda _: False, mask))
+             if config.name == "lamb" else optax.identity())
+    optimizer = optax.chain(adam, decay, trust, optax.scale_by_learning_rate(schedule))
+  else:
+    optimizer = optax.chain(
+        optax.add_decayed_weights(config.weight_decay, mask),
+        optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov),
+    )
+  if config.clip_grad_norm:
+    optimizer = optax.chain(optax.clip_by_global_norm(config.clip_grad_norm), optimizer)
+  return optimizer

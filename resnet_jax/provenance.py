@@ -27,8 +27,8 @@ from resnet_jax.errors import ConfigError
 # The settings of an evaluation: which splits, with which views, in what batches. The evaluate
 # command takes these from its own config and everything else from the run's.
 EVALUATION_FIELDS = (
-    "evals", "eval_batch_size", "data.eval_split", "data.eval_label_file", "data.eval_resize", "data.eval_view",
-    "data.eval_scales", "data.eval_resampler",
+    "evals", "eval_batch_size", "data.eval_split", "data.eval_label_file", "data.eval_resize", "data.eval_crop",
+    "data.eval_view", "data.eval_flip", "data.eval_average", "data.eval_scales", "data.eval_resampler",
 )
 # The settings that do not change what is trained: the evaluations, how often to log, evaluate and
 # save, how many checkpoints to keep, profiling, the run's length (extending it), the data's name,
@@ -78,11 +78,14 @@ def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
   return flat
 
 
-def changes(old: Mapping, new: Mapping) -> list[Change]:
-  """Every field whose value differs between two nested dicts, in order."""
-  before, after = flatten(old), flatten(new)
+def changes(old: Mapping, new: Mapping, defaults: Mapping = {}) -> list[Change]:
+  """Every field whose value differs between two nested dicts, in order; a field only `new` has
+  that holds its value in `defaults` (a setting added since `old` was written, at the default that
+  behaves as before it existed) is no change."""
+  before, after, default = flatten(old), flatten(new), flatten(defaults)
   return [Change(field, before.get(field, _ABSENT), after.get(field, _ABSENT))
-          for field in sorted(set(before) | set(after)) if before.get(field, _ABSENT) != after.get(field, _ABSENT)]
+          for field in sorted(set(before) | set(after)) if before.get(field, _ABSENT) != after.get(field, _ABSENT)
+          and not (field not in before and field in default and after[field] == default[field])]
 
 
 def data_changes(old: Mapping, new: Mapping) -> list[Change]:
@@ -108,7 +111,8 @@ def compare(recorded: Mapping, config: Mapping, fingerprint: Mapping, amend: Seq
   (ConfigError, one line) a change that is neither free nor named in `amend`, and an `amend` name
   that changed nothing. Before any checkpoint (`resuming` False) nothing trained is kept, so every
   change is accepted."""
-  found = changes(recorded["config"], config) + data_changes(recorded["data"], fingerprint)
+  from resnet_jax.config import base_config
+  found = changes(recorded["config"], config, base_config().to_dict()) + data_changes(recorded["data"], fingerprint)
   binding = [change for change in found if not change.free]
   unamended = [change for change in binding if change.field not in amend] if resuming else []
   if unamended:

@@ -135,9 +135,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, command: str | None,
       hooks.append(periodic_actions.ReportProgress(num_train_steps=total, writer=reporter.writer, every_secs=30))
       if config.profile_steps:
         hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=config.profile_steps))
-    pending, window, scored = [], [], None
+    pending, window, scored, size = [], [], None, None
     for done in range(start + 1, total + 1):
-      state, metrics = step_fn(state, next(batches))
+      batch = next(batches)
+      if batch["image"].shape[1] != size:  # a new resolution compiles the step anew (progressive resizing)
+        size = batch["image"].shape[1]
+        logging.info("training on %dx%d images from step %d", size, batch["image"].shape[2], done)
+      state, metrics = step_fn(state, batch)
       pending.append(metrics)
       for hook in hooks:
         hook(done)

@@ -7,15 +7,47 @@ writers (GPU machines may lack TensorFlow).
 """
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import jax
+import ml_collections
 import optax
 from flax import nnx
 
-from resnet_jax import sharding
+from resnet_jax import mixing, sharding
 from resnet_jax.data.in_memory import Normalizer
 from resnet_jax.evaluation import correct_top_k
 from resnet_jax.experiment import Experiment, TrainState
+from resnet_jax.mixing import MixConfig
+
+
+MIXING, STOCHASTIC_DEPTH = 0, 1  # what a step's random key is for
+
+
+def step_key(seed: int, step: jax.Array, purpose: int) -> jax.Array:
+  """The randomness of one step's device-side augmentation: a function of (seed, step), so a
+  resumed run draws what the uninterrupted one did."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), step), purpose)
+
+
+def targets_for(labels: jax.Array, images: jax.Array, step: jax.Array, *, num_classes: int, mix: MixConfig,
+                seed: int, label_smoothing: float) -> tuple[jax.Array, jax.Array]:
+  """The images and class-probability targets a step trains on: one-hot, mixed (mixing.py, drawn
+  from (seed, step)), smoothed."""
+  targets = jax.nn.one_hot(labels, num_classes)
+  if mix.enabled:
+    drawn = mixing.draw(mix, step_key(seed, step, MIXING), *images.shape[1:3])
+    images, targets = mixing.mix(images, targets, drawn, mix.style)
+  return images, optax.smooth_labels(targets, label_smoothing)
+
+
+def loss_of(logits: jax.Array, targets: jax.Array, kind: str, bce_target_threshold: float) -> jax.Array:
+  if kind == "cross_entropy":
+    return optax.softmax_cross_entropy(logits, targets).mean()
+  if bce_target_threshold:
+    targets = (targets > bce_target_threshold).astype(targets.dtype)
+  return optax.sigmoid_binary_cross_entropy(logits, targets).mean()
 
 
 def train_step(
@@ -26,18 +58,18 @@ def train_step(
     normalize: Normalizer,
     optimizer: optax.GradientTransformation,
     schedule: optax.Schedule,
-    label_smoothing: float,
+    make_targets: Callable[..., tuple[jax.Array, jax.Array]],
+    loss: Callable[[jax.Array, jax.Array], jax.Array],
     ema_decay: float,
+    drop_key: Callable[[jax.Array], jax.Array] | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   labels = batch["label"]
-  images = normalize(batch["image"], batch.get("lighting"))
+  images, targets = make_targets(labels, normalize(batch["image"], batch.get("lighting")), state.step)
 
   def loss_fn(params):
     model = nnx.merge(graphdef, params, state.batch_stats)
-    logits = model(images)
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
-    loss = optax.softmax_cross_entropy(logits, targets).mean()
-    return loss, (logits, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
+    logits = model(images, drop_key(state.step)) if drop_key else model(images)
+    return loss(logits, targets), (logits, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -59,12 +91,21 @@ def train_step(
   return new_state, metrics
 
 
+def step_options(experiment: Experiment, config: ml_collections.ConfigDict | None = None) -> dict[str, Any]:
+  """The keyword arguments of `train_step` for a run config (default: the experiment's)."""
+  config = config or experiment.config
+  make_targets = functools.partial(
+      targets_for, num_classes=experiment.model_config.num_classes, mix=MixConfig.from_mapping(config.mix),
+      seed=config.seed, label_smoothing=config.label_smoothing)
+  return dict(graphdef=experiment.graphdef, normalize=experiment.data.normalize, optimizer=experiment.optimizer,
+              schedule=experiment.schedule, make_targets=make_targets,
+              loss=functools.partial(loss_of, kind=config.loss, bce_target_threshold=config.bce_target_threshold),
+              ema_decay=config.ema_decay,
+              drop_key=functools.partial(step_key, config.seed, purpose=STOCHASTIC_DEPTH)
+              if experiment.model_config.drop_path_rate else None)
+
+
 def compile_train_step(experiment: Experiment):
-  config = experiment.config
-  step = functools.partial(
-      train_step, graphdef=experiment.graphdef, normalize=experiment.data.normalize, optimizer=experiment.optimizer,
-      schedule=experiment.schedule, label_smoothing=config.label_smoothing,
-      ema_decay=config.ema_decay,
-  )
   replicated = sharding.replicated(experiment.mesh)
-  return jax.jit(step, donate_argnums=0, out_shardings=(replicated, replicated))
+  return jax.jit(functools.partial(train_step, **step_options(experiment)), donate_argnums=0,
+                 out_shardings=(replicated, replicated))

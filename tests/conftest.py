@@ -3,6 +3,7 @@
 import importlib.util
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -21,22 +22,24 @@ CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
 def pytest_terminal_summary(terminalreporter):
   """One line saying how many PyTorch comparisons did not run, and how to run them."""
   skipped = [report for report in terminalreporter.stats.get("skipped", [])
-             if "could not import 'torch" in str(report.longrepr)]  # torch or torchvision
+             if re.search("could not import '(torch|timm)", str(report.longrepr))]
   if skipped:
     terminalreporter.write_line(
-        f"torch or torchvision is not installed: {len(skipped)} tests comparing with them were skipped; "
-        f"`make test-torch` installs both in the venv and runs them")
+        f"torch, torchvision or timm is not installed: {len(skipped)} tests comparing with them were skipped; "
+        f"`make test-torch` installs them in the venv and runs them")
 
 
-# `make test-torch` sets this: there a comparison that cannot import torch or torchvision is a failure
+# `make test-torch` sets this: there a comparison that cannot import torch, torchvision or timm is a failure
 # (a broken install), not a skip.
 REQUIRE_TORCH = os.environ.get("RESNET_JAX_REQUIRE_TORCH") == "1"
 
 
 @pytest.fixture(autouse=True)
 def _torch_importable_where_required(request):
-  """Under `make test-torch`, a torch-marked test fails at set-up when torch or torchvision does not import."""
+  """Under `make test-torch`, a torch-marked test fails at set-up when torch, torchvision or timm does not
+  import."""
   if REQUIRE_TORCH and request.node.get_closest_marker("torch"):
+    import timm  # noqa: F401
     import torch  # noqa: F401
     import torchvision  # noqa: F401
 

@@ -46,6 +46,20 @@ def test_a_changed_setting_is_refused_unless_amended_and_free_ones_pass():
     provenance.check_amend_names(["log_every_steps"])
 
 
+def test_a_setting_added_since_the_run_was_recorded_passes_at_its_default_only():
+  """A run recorded before model.blurpool and mix existed resumes under code that has them, at the
+  defaults that train as before; set otherwise, they are changes like any other."""
+  recorded = load_config("mnist_demo").to_dict()
+  del recorded["model"]["blurpool"], recorded["mix"]
+  data = {"source": "x", "splits": {}}
+  assert provenance.compare({"config": recorded, "data": data}, load_config("mnist_demo").to_dict(), data, [], "W",
+                            resuming=True) == []
+  changed = load_config("mnist_demo")
+  changed.model.blurpool, changed.mix.mixup_alpha = True, 0.2
+  with pytest.raises(ConfigError, match=r"changed: mix.mixup_alpha \(absent\) -> 0.2; model.blurpool \(absent\) -> true"):
+    provenance.compare({"config": recorded, "data": data}, changed.to_dict(), data, [], "W", resuming=True)
+
+
 def test_the_data_is_compared_split_by_split_and_a_named_evaluation_may_come_and_go():
   old = {"source": "folder", "location": "/d", "classes": ["a", "b"], "splits": {"train": {"examples": 8}, "val": {"examples": 4}}}
   assert provenance.data_changes(old, {**old, "splits": {"train": {"examples": 8}, "test": {"examples": 9}}}) == []

@@ -20,15 +20,15 @@ def test_uint8_batches_normalised_on_the_device_give_the_losses_of_host_normalis
   loss, the gradient norm and the updated weights."""
   from resnet_jax.data.in_memory import Normalizer
   from resnet_jax.sharding import global_batch
-  from resnet_jax.train_step import train_step
+  from resnet_jax.train_step import step_options, train_step
   normalize = tiny_experiment.data.normalize
   local = next(tiny_experiment.data.train(0))
   on_host = dict(local, image=(local["image"].astype(np.float32) / normalize.divisor - normalize.mean) / normalize.std)
   assert local["image"].dtype == np.uint8 and 4 * local["image"].nbytes == on_host["image"].nbytes
   np.testing.assert_allclose(jax.jit(normalize)(local["image"]), on_host["image"], rtol=0, atol=2.5e-7)
   identity = Normalizer(np.zeros(1, np.float32), np.ones(1, np.float32))
-  common = dict(graphdef=tiny_experiment.graphdef, optimizer=tiny_experiment.optimizer,
-                schedule=tiny_experiment.schedule, label_smoothing=0.0, ema_decay=0.0)
+  common = {**step_options(tiny_experiment), "ema_decay": 0.0}
+  del common["normalize"]
   state = tiny_experiment.initial_state()
   step = lambda batch, normalizer: jax.jit(functools.partial(train_step, normalize=normalizer, **common))(
       state, global_batch(batch, tiny_experiment.mesh))
@@ -42,15 +42,17 @@ def test_uint8_batches_normalised_on_the_device_give_the_losses_of_host_normalis
 @pytest.mark.slow
 def test_train_step_applies_label_smoothing_and_keeps_an_ema_of_the_weights(tiny_experiment):
   from resnet_jax.sharding import global_batch
-  from resnet_jax.train_step import train_step
+  from resnet_jax.train_step import step_options, train_step
 
   batch = global_batch(next(tiny_experiment.data.train(0)), tiny_experiment.mesh)
   state = tiny_experiment.initial_state()
   state = state.replace(ema_params=jax.tree.map(jnp.zeros_like, state.params))
-  common = dict(graphdef=tiny_experiment.graphdef, normalize=tiny_experiment.data.normalize,
-                optimizer=tiny_experiment.optimizer, schedule=tiny_experiment.schedule)
-  plain, metrics = train_step(state, batch, label_smoothing=0.0, ema_decay=0.75, **common)
-  smoothed, smoothed_metrics = train_step(state, batch, label_smoothing=0.2, ema_decay=0.75, **common)
+  def options(label_smoothing):
+    config = tiny_experiment.config.copy_and_resolve_references()
+    config.label_smoothing, config.ema_decay = label_smoothing, 0.75
+    return step_options(tiny_experiment, config)
+  plain, metrics = train_step(state, batch, **options(0.0))
+  smoothed, smoothed_metrics = train_step(state, batch, **options(0.2))
   # EMA: 0.75 * old (zeros) + 0.25 * new weights.
   for ema, new in zip(jax.tree.leaves(plain.ema_params), jax.tree.leaves(plain.params)):
     np.testing.assert_allclose(ema, 0.25 * new, rtol=1e-6, atol=1e-8)

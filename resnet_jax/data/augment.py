@@ -72,15 +72,15 @@ def random_scale(seed: tf.Tensor, scale: tuple[int, int]) -> tf.Tensor:
   return tf.random.stateless_uniform([], seed, scale[0], scale[1] + 1, dtype=tf.int32)
 
 
-def covered_side(shape: tf.Tensor, crop: int, shorter_side: tf.Tensor | int) -> tf.Tensor:
+def covered_side(shape: tf.Tensor, crop: tf.Tensor | int, shorter_side: tf.Tensor | int) -> tf.Tensor:
   """The side, in original pixels, of the square that scaling the image to `shorter_side` maps
   onto a crop x crop view."""
   shorter = tf.minimum(shape[0], shape[1])
-  side = tf.round(crop * tf.cast(shorter, tf.float32) / tf.cast(shorter_side, tf.float32))
+  side = tf.round(tf.cast(crop, tf.float32) * tf.cast(shorter, tf.float32) / tf.cast(shorter_side, tf.float32))
   return tf.clip_by_value(tf.cast(side, tf.int32), 1, shorter)
 
 
-def scale_crop_window(shape: tf.Tensor, seed: tf.Tensor, crop: int, shorter_side: tf.Tensor) -> tf.Tensor:
+def scale_crop_window(shape: tf.Tensor, seed: tf.Tensor, crop: tf.Tensor | int, shorter_side: tf.Tensor) -> tf.Tensor:
   """(top, left, side, side) in original pixels of a random crop x crop window of the image scaled
   to `shorter_side`."""
   height, width = shape[0], shape[1]
@@ -91,7 +91,7 @@ def scale_crop_window(shape: tf.Tensor, seed: tf.Tensor, crop: int, shorter_side
   return tf.stack([top, left, side, side])
 
 
-def decode_window(image_bytes: tf.Tensor, window: tf.Tensor, size: int, antialias: bool = True) -> tf.Tensor:
+def decode_window(image_bytes: tf.Tensor, window: tf.Tensor, size: tf.Tensor | int, antialias: bool = True) -> tf.Tensor:
   """The window (top, left, height, width) resized to size x size; a JPEG decodes only its part.
 
   antialias=False (plain bilinear) is 2x faster; it aliases a little when shrinking by over ~1.5x.
@@ -113,7 +113,7 @@ def image_shape(image_bytes: tf.Tensor) -> tf.Tensor:
 
 
 def paper_train(
-    image_bytes: tf.Tensor, seed: tf.Tensor, *, crop: int = 224, scale: tuple[int, int] = (256, 480),
+    image_bytes: tf.Tensor, seed: tf.Tensor, *, crop: tf.Tensor | int = 224, scale: tuple[int, int] = (256, 480),
     lighting_std: float = 0.1, antialias: bool = True,
 ) -> dict[str, tf.Tensor]:
   """Sec. 3.4: shorter side resized to a random length in [256, 480], a random crop, a flip, and
@@ -141,10 +141,11 @@ def inception_window(
 
 
 def inception_train(
-    image_bytes: tf.Tensor, seed: tf.Tensor, *, crop: int = 224, area: tuple[float, float] = (0.08, 1.0),
+    image_bytes: tf.Tensor, seed: tf.Tensor, *, crop: tf.Tensor | int = 224, area: tuple[float, float] = (0.08, 1.0),
     aspect: tuple[float, float] = (3 / 4, 4 / 3), antialias: bool = True,
 ) -> dict[str, tf.Tensor]:
-  """Random-resized crop (Szegedy et al. 2015), decoding only the crop's part of the JPEG."""
+  """Random-resized crop (Szegedy et al. 2015), decoding only the crop's part of the JPEG; `crop` may be
+  a tensor (progressive resizing sets it per epoch)."""
   box_seed, flip_seed = split_seed(seed, 2)
   window = inception_window(image_shape(image_bytes), box_seed, area, aspect)
   return {"image": quantize(random_flip(decode_window(image_bytes, window, crop, antialias), flip_seed))}

@@ -49,6 +49,32 @@ def paper_scale_range(image_size: int) -> tuple[int, int]:
   return round(256 * image_size / 224), round(480 * image_size / 224)
 
 
+PROGRESSIVE_STEP = 32  # FFCV rounds each epoch's size to a multiple of this
+
+
+def progressive_sizes(low: int, high: int, start_epoch: int, end_epoch: int) -> tuple[int, ...]:
+  """The train crop of each epoch 0..end_epoch (the last holds after it), as FFCV's get_resolution:
+  `low` up to start_epoch, `high` from end_epoch, between them the linear ramp rounded (half to
+  even) to a multiple of 32."""
+  def size(epoch: int) -> int:
+    if epoch <= start_epoch:
+      return low
+    if epoch >= end_epoch:
+      return high
+    return int(np.round(np.interp(epoch, [start_epoch, end_epoch], [low, high]) / PROGRESSIVE_STEP)) * PROGRESSIVE_STEP
+  return tuple(size(epoch) for epoch in range(end_epoch + 1))
+
+
+def train_crops(d: Any) -> tuple[int, ...]:
+  """The train crop by epoch under progressive resizing; () for the fixed data.image_size."""
+  p = d.progressive
+  return progressive_sizes(p.low, d.image_size, p.start_epoch, p.end_epoch) if p.low else ()
+
+
+def eval_crop(d: Any) -> int:
+  return d.eval_crop or d.image_size
+
+
 def _paper_train(d: Any) -> Callable:
   from resnet_jax.data import augment
 
@@ -103,10 +129,27 @@ def check_settings(data: Any, kind: str) -> None:
       elsewhere = f" ({data[field]!r} is for {other} data)" if data[field] in SETTINGS[other][field] else ""
       raise ConfigError(f"data.{field}={data[field]!r} is not valid for {data.name or 'this data'}, which is "
                         f"{_KIND_DESCRIPTION[kind]}{elsewhere}; valid: {', '.join(values)}")
-  if kind == "in memory" and data.exclude_file:
-    raise ConfigError(f"data.exclude_file applies to {_KIND_DESCRIPTION['streamed']}; {data.name} is "
-                      f"{_KIND_DESCRIPTION[kind]}")
+  if data.eval_average not in EVAL_AVERAGES:
+    raise ConfigError(f"data.eval_average={data.eval_average!r} is not valid; valid: {', '.join(EVAL_AVERAGES)}")
+  if data.eval_flip and data.eval_view != "center":
+    raise ConfigError(f"data.eval_flip adds the mirror image to a center view; eval_view={data.eval_view!r} "
+                      f"scores mirror images already: leave it off (--config.data.eval_flip=False)")
+  for field, value in (("exclude_file", data.exclude_file), ("progressive.low", data.progressive.low),
+                       ("eval_crop", data.eval_crop)):
+    if kind == "in memory" and value:
+      raise ConfigError(f"data.{field} applies to {_KIND_DESCRIPTION['streamed']}; {data.name} is "
+                        f"{_KIND_DESCRIPTION[kind]}")
+  p = data.progressive
+  if p.low and not (data.augmentation == "inception" and 0 < p.low <= data.image_size
+                    and 0 <= p.start_epoch <= p.end_epoch):
+    raise ConfigError(f"data.progressive=(low={p.low}, start_epoch={p.start_epoch}, end_epoch={p.end_epoch}) with "
+                      f"augmentation={data.augmentation!r}, image_size={data.image_size}: progressive resizing needs "
+                      f"augmentation='inception' (a random-resized crop, as FFCV's), 0 < low <= image_size and "
+                      f"0 <= start_epoch <= end_epoch")
   if kind == "streamed":
+    if data.eval_view != "multiscale" and not eval_crop(data) <= data.eval_resize:
+      raise ConfigError(f"data.eval_crop={eval_crop(data)} (0: image_size) exceeds data.eval_resize={data.eval_resize}, "
+                        f"the shorter side it is cropped from: raise eval_resize (FixRes-style: resize 232, crop 224)")
     low, high = tuple(data.scale_range) or paper_scale_range(data.image_size)
     if not data.image_size <= low <= high:
       raise ConfigError(f"data.scale_range=({low}, {high}) must be (low, high) with image_size={data.image_size} "
@@ -115,6 +158,9 @@ def check_settings(data: Any, kind: str) -> None:
     if not (len(area) == 2 and 0 < area[0] <= area[1] <= 1 and len(aspect) == 2 and 0 < aspect[0] <= aspect[1]):
       raise ConfigError(f"data.crop_area={area} must be 0 < low <= high <= 1 and data.crop_aspect={aspect} "
                         f"0 < low <= high")
+
+
+EVAL_AVERAGES = ("probabilities", "logits")
 
 
 def eval_splits(config: Any) -> list[str]:
@@ -191,7 +237,7 @@ def _streamed_inputs(config: Any) -> Inputs:
     logging.warning("%d id(s) of data.exclude_file=%s match no example of the %s split(s), e.g. %s",
                     len(unused), d.exclude_file, ", ".join([d.train_split, *eval_sources]), sorted(unused)[0])
   train_augment = settings["augmentation"][d.augmentation](d)
-  views = streamed.views_function(d.eval_view, d.eval_resize, d.image_size, d.eval_scales, d.eval_resampler)
+  views = streamed.views_function(d.eval_view, d.eval_resize, eval_crop(d), d.eval_scales, d.eval_resampler)
   # Multi-scale batches group images by shape: read every header once, at a split's first evaluation.
   shape_groups = functools.cache(lambda split: streamed.shape_groups(eval_sources[split]))
   process = dict(process_index=jax.process_index(), process_count=jax.process_count())
@@ -205,7 +251,8 @@ def _streamed_inputs(config: Any) -> Inputs:
   return Inputs(
       num_train=len(train_source), channels=3, num_classes=train_source.num_classes,
       train=lambda step: streamed.train_stream(
-          train_source, config.batch_size, train_augment, seed=config.seed, step=step, **process),
+          train_source, config.batch_size, train_augment, seed=config.seed, step=step, crop_by_epoch=train_crops(d),
+          **process),
       eval_batches=eval_stream,
       normalize=settings["normalization"][d.normalization](),
       fingerprint={**_base_fingerprint(d), "classes": list(train_source.classes),

@@ -13,7 +13,7 @@ import hashlib
 import itertools
 import logging
 import pathlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -258,19 +258,22 @@ class TfdsSource:
 def train_stream(
     source: Source,
     global_batch: int,
-    augment: Callable[[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]],
+    augment: Callable[..., dict[str, tf.Tensor]],
     *,
     seed: int,
     step: int = 0,
     process_index: int = 0,
     process_count: int = 1,
     prefetch: int = 2,
+    crop_by_epoch: Sequence[int] = (),
 ) -> Iterator[dict[str, np.ndarray]]:
   """This process's slices of the global training batches, from `step` on, endlessly.
 
   `augment(image_bytes, seed)` returns an example's fields (its image, and any others such as a
-  lighting shift); every epoch drops its remainder. An image
-  that cannot be decoded ends the stream with a DataError naming it.
+  lighting shift); every epoch drops its remainder. With `crop_by_epoch` (progressive resizing) it
+  is called with `crop=` the size for the example's epoch, the last one holding for every later
+  epoch: a pure function of the step, as the order is. An image that cannot be decoded ends the
+  stream with a DataError naming it.
   """
   n = len(source)
   steps_per_epoch = n // global_batch
@@ -279,29 +282,36 @@ def train_stream(
   share = process_slice(global_batch, process_index, process_count)
   first, local = share.start, share.stop - share.start
   read = source.reader()
+  crops = tf.constant(crop_by_epoch or [0], tf.int64)
 
-  def index_and_seed(position):
+  def augment_at(image_bytes, example_seed, epoch):
+    if not crop_by_epoch:
+      return augment(image_bytes, example_seed)
+    return augment(image_bytes, example_seed, crop=tf.gather(crops, tf.minimum(epoch, len(crop_by_epoch) - 1)))
+
+  def index_seed_and_epoch(position):
     s, j = position // local, position % local + first
     epoch = s // steps_per_epoch
     within = (s % steps_per_epoch) * global_batch + j
     index = tf.random.experimental.index_shuffle(
         within, tf.stack([tf.constant(seed, tf.int64), epoch]), n - 1
     )
-    return index, tf.stack([tf.constant(seed, tf.int64), s * global_batch + j])
+    return index, tf.stack([tf.constant(seed, tf.int64), s * global_batch + j]), epoch
 
   def example(position):
-    index, example_seed = index_and_seed(position)
+    index, example_seed, epoch = index_seed_and_epoch(position)
     image_bytes, label = read(index)
-    return {**augment(image_bytes, example_seed), "label": label}
+    return {**augment_at(image_bytes, example_seed, epoch), "label": label}
 
-  def batch_examples(batch_number):  # (index, seed) of a batch's examples, to find a bad one
+  def batch_examples(batch_number):  # (index, seed, epoch) of a batch's examples, to find a bad one
     positions = range((step + batch_number) * local, (step + batch_number + 1) * local)
-    return [index_and_seed(tf.constant(position, tf.int64)) for position in positions]
+    return [index_seed_and_epoch(tf.constant(position, tf.int64)) for position in positions]
 
   dataset = tf.data.Dataset.range(step * local, np.iinfo(np.int64).max)
   dataset = dataset.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   batches = tf.data.Dataset.batch(dataset, local, drop_remainder=True).prefetch(prefetch).as_numpy_iterator()
-  return _naming_bad_examples(batches, source, lambda index, s: augment(read(index)[0], s), batch_examples)
+  return _naming_bad_examples(batches, source, lambda index, s, epoch: augment_at(read(index)[0], s, epoch),
+                              batch_examples)
 
 
 def _naming_bad_examples(batches, source: Source, load: Callable, batch_examples: Callable[[int], list]) -> Iterator[dict]:

@@ -31,11 +31,33 @@ def conv_or_matmul(inputs: jax.Array, kernel: jax.Array, strides, padding, **opt
                              preferred_element_type=options.get("preferred_element_type"))
 
 
+def blur(x: jax.Array) -> jax.Array:
+  """The 3x3 binomial filter [1, 2, 1]^T [1, 2, 1] / 16 on each channel, zero-padded to the same size
+  (Zhang 2019's anti-aliasing as FFCV applies it), as two separable passes of shifted sums."""
+  def smooth(y, axis):
+    padded = jnp.pad(y, [(1, 1) if a == axis else (0, 0) for a in range(y.ndim)])
+    shifted = [jax.lax.slice_in_dim(padded, i, i + y.shape[axis], axis=axis) for i in range(3)]
+    return (shifted[0] + 2 * shifted[1] + shifted[2]) / 4
+  return smooth(smooth(x, 1), 2)
+
+
+def blurred_conv_or_matmul(inputs: jax.Array, kernel: jax.Array, strides, padding, **options) -> jax.Array:
+  """`conv_or_matmul` of the blurred input: BlurPool before a strided convolution, with no new
+  parameters (the filter is fixed), so the network's weights and checkpoints keep their form."""
+  return conv_or_matmul(blur(inputs), kernel, strides, padding, **options)
+
+
+# FFCV blurs the input of every convolution with a stride and at least this many input channels (so
+# not the 3-channel stem).
+BLURPOOL_MIN_CHANNELS = 16
+
+
 @dataclasses.dataclass(frozen=True)
 class Layers:
   """Makes the convolutions and batch norms of one network, all with the same settings.
 
   Parameters are float32 (float64 with it); `dtype` is the computation dtype (bfloat16 for speed).
+  `blurpool` blurs the input of the strided convolutions (see `blurred_conv_or_matmul`).
   """
 
   dtype: jnp.dtype
@@ -44,6 +66,7 @@ class Layers:
   bn_group_size: int
   rngs: nnx.Rngs
   bn_unbiased_running_var: bool = True
+  blurpool: bool = False
 
   @property
   def param_dtype(self) -> jnp.dtype:
@@ -55,6 +78,7 @@ class Layers:
     # Symmetric padding k//2 (not 'SAME', which pads (0, 1) at stride 2) keeps the layers
     # identical to Caffe's and torchvision's, so their weights load unchanged.
     pad = kernel // 2
+    blurs = self.blurpool and stride > 1 and in_channels >= BLURPOOL_MIN_CHANNELS
     return nnx.Conv(
         in_channels,
         out_channels,
@@ -65,7 +89,7 @@ class Layers:
         kernel_init=nnx.initializers.zeros_init() if zero_init else HE_NORMAL,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
-        conv_general_dilated=conv_or_matmul,
+        conv_general_dilated=blurred_conv_or_matmul if blurs else conv_or_matmul,
         rngs=self.rngs,
     )
 
@@ -193,7 +217,9 @@ class ResidualBlock(nnx.Module):
   Pre-activation (He et al. 2016, "v2"): BN-ReLU-conv ... BN-ReLU-conv, add the shortcut, no ReLU;
   a projection shortcut then sees the pre-activated input, as in the authors' code.
   `zero_init_last` zeroes the last BN scale (or, pre-activation, the last kernel) so that the
-  block starts as its shortcut (Goyal et al. 2017).
+  block starts as its shortcut (Goyal et al. 2017). `drop_rate` > 0 is stochastic depth (Huang et al.
+  2016) as timm's DropPath: given a key, each example's branch is dropped with that probability and
+  kept ones are scaled by 1 / (1 - drop_rate); without one (evaluation) the branch is whole.
   """
 
   def __init__(
@@ -205,8 +231,10 @@ class ResidualBlock(nnx.Module):
       preact: bool,
       zero_init_last: bool,
       layers: Layers,
+      drop_rate: float = 0.0,
   ):
     channels = [in_channels] + [spec.channels for spec in branch]
+    self.drop_rate = drop_rate
     last = len(branch) - 1
     self.preact = preact
     self.convs = nnx.List([
@@ -225,19 +253,19 @@ class ResidualBlock(nnx.Module):
         else make_shortcut(shortcut, in_channels, channels[-1], stride, layers)
     )
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, drop_key: jax.Array | None = None) -> jax.Array:
     if self.preact:
-      return self._preact_call(x)
+      return self._preact_call(x, drop_key)
     y = x
     for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
       y = norm(conv(y))
       if i < len(self.convs) - 1:
         y = nnx.relu(y)
     if self.shortcut is not None:
-      y = y + self.shortcut(x)
+      y = self._drop(y, drop_key) + self.shortcut(x)
     return nnx.relu(y)
 
-  def _preact_call(self, x: jax.Array) -> jax.Array:
+  def _preact_call(self, x: jax.Array, drop_key: jax.Array | None) -> jax.Array:
     activated = nnx.relu(self.norms[0](x))
     y = self.convs[0](activated)
     for conv, norm in zip(self.convs[1:], self.norms[1:]):
@@ -245,4 +273,11 @@ class ResidualBlock(nnx.Module):
     if self.shortcut is None:
       return y
     projects = isinstance(self.shortcut, ProjectionShortcut)
-    return y + self.shortcut(activated if projects else x)
+    return self._drop(y, drop_key) + self.shortcut(activated if projects else x)
+
+  def _drop(self, branch: jax.Array, key: jax.Array | None) -> jax.Array:
+    if key is None or not self.drop_rate:
+      return branch
+    keep = 1.0 - self.drop_rate
+    kept = jax.random.bernoulli(key, keep, (branch.shape[0],) + (1,) * (branch.ndim - 1))
+    return branch * (kept.astype(branch.dtype) / jnp.asarray(keep, branch.dtype))

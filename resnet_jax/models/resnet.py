@@ -60,6 +60,11 @@ class ModelConfig:
     k computes them over groups of k consecutive examples (the paper's 32 per GPU).
   bn_unbiased_running_var: the running variance averages the batch variance x n / (n - 1), as torch
     does (converted weights and torchvision's recipe assume it); False: the biased one, as Flax.
+  blurpool: blur the input of every strided convolution of 16 or more input channels with a fixed
+    3x3 binomial filter (anti-aliased downsampling, Zhang 2019, as FFCV's recipe uses it); adds no
+    parameters.
+  drop_path_rate: stochastic depth as timm's ResNets: block i of the N drops its residual branch with
+    probability drop_path_rate x i / (N - 1), in training only (train steps pass a key).
   """
 
   depth: int = 50
@@ -75,6 +80,8 @@ class ModelConfig:
   bn_epsilon: float = 1e-5
   bn_group_size: int = 0
   bn_unbiased_running_var: bool = True
+  blurpool: bool = False
+  drop_path_rate: float = 0.0
 
   def __post_init__(self):
     if self.dataset not in DATASETS:
@@ -115,12 +122,16 @@ class ModelConfig:
       raise ConfigError(f"bn_momentum must be in [0, 1); got {self.bn_momentum!r}")
     if not self.bn_epsilon > 0.0:
       raise ConfigError(f"bn_epsilon must be positive; got {self.bn_epsilon!r}")
+    if not 0.0 <= self.drop_path_rate < 1.0 or (self.drop_path_rate and self.plain):
+      raise ConfigError(f"drop_path_rate must be in [0, 1), and 0 for a plain net (it drops residual branches); "
+                        f"got {self.drop_path_rate!r}" + (" with plain=True" if self.plain else ""))
     if not isinstance(self.bn_group_size, int) or self.bn_group_size < 0:
       raise ConfigError(
           f"bn_group_size must be 0 (whole batch) or a positive group size; got {self.bn_group_size!r}"
       )
-    if not isinstance(self.bn_unbiased_running_var, bool):
-      raise ConfigError(f"bn_unbiased_running_var must be True or False; got {self.bn_unbiased_running_var!r}")
+    for name in ("bn_unbiased_running_var", "blurpool"):
+      if not isinstance(getattr(self, name), bool):
+        raise ConfigError(f"{name} must be True or False; got {getattr(self, name)!r}")
 
   @classmethod
   def from_mapping(cls, fields: Mapping[str, Any]) -> "ModelConfig":
@@ -139,7 +150,8 @@ class ModelConfig:
   def describe(self) -> str:
     """The name with everything that sets it apart from the paper's network of that name."""
     shortcut = "" if self.plain else f"shortcut {self.shortcut}, "
-    return f"{self.family} {self.name} ({shortcut}{self.variant}, {self.num_classes} classes, {self.dtype})"
+    blurpool = (", BlurPool" if self.blurpool else "") + (f", drop path {self.drop_path_rate:g}" if self.drop_path_rate else "")
+    return f"{self.family} {self.name} ({shortcut}{self.variant}{blurpool}, {self.num_classes} classes, {self.dtype})"
 
   @property
   def block(self) -> str:
@@ -224,12 +236,13 @@ class ResNet(nnx.Module):
     self.config = config
     layers = Layers(
         DTYPES[config.dtype], config.bn_momentum, config.bn_epsilon, config.bn_group_size, rngs,
-        config.bn_unbiased_running_var
+        config.bn_unbiased_running_var, config.blurpool,
     )
     self.stem = Stem(config, layers)
     shortcut = None if config.plain else config.shortcut
     stages = []
     in_channels = config.stage_widths[0]
+    total_blocks, block_number = sum(config.stage_blocks), 0
     for index, (width, num_blocks) in enumerate(zip(config.stage_widths, config.stage_blocks)):
       blocks = []
       for block_index in range(num_blocks):
@@ -242,16 +255,21 @@ class ResNet(nnx.Module):
         blocks.append(ResidualBlock(
             in_channels, branch, shortcut, preact=config.preact,
             zero_init_last=config.zero_init_residual, layers=layers,
+            drop_rate=config.drop_path_rate * block_number / max(total_blocks - 1, 1),
         ))
         in_channels = branch[-1].channels
+        block_number += 1
       stages.append(nnx.Sequential(*blocks))
     self.stages = nnx.List(stages)
     self.head = Head(in_channels, config, layers)
 
-  def __call__(self, images: jax.Array) -> jax.Array:
+  def __call__(self, images: jax.Array, drop_key: jax.Array | None = None) -> jax.Array:
+    """`drop_key`: the randomness of stochastic depth (model.drop_path_rate), in training only."""
     x = self.stem(images)
-    for stage in self.stages:
-      x = stage(x)
+    blocks = [block for stage in self.stages for block in stage.layers]
+    keys = jax.random.split(drop_key, len(blocks)) if drop_key is not None else [None] * len(blocks)
+    for block, key in zip(blocks, keys):
+      x = block(x, key)
     return self.head(x)
 
 
