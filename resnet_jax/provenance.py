@@ -78,11 +78,11 @@ def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
   return flat
 
 
-def changes(old: Mapping, new: Mapping, defaults: Mapping = {}) -> list[Change]:
+def changes(old: Mapping, new: Mapping, defaults: Mapping | None = None) -> list[Change]:
   """Every field whose value differs between two nested dicts, in order; a field only `new` has
   that holds its value in `defaults` (a setting added since `old` was written, at the default that
   behaves as before it existed) is no change."""
-  before, after, default = flatten(old), flatten(new), flatten(defaults)
+  before, after, default = flatten(old), flatten(new), flatten(defaults or {})
   return [Change(field, before.get(field, _ABSENT), after.get(field, _ABSENT))
           for field in sorted(set(before) | set(after)) if before.get(field, _ABSENT) != after.get(field, _ABSENT)
           and not (field not in before and field in default and after[field] == default[field])]
