@@ -57,6 +57,11 @@ def start(workdir, steps, *overrides, held_save: tuple = ()):
   arguments_ = command("resnet_jax.main", workdir, steps, *overrides)
   if held_save:
     arguments_[1:3] = [str(ROOT / "tests" / "held_save.py"), *map(str, held_save)]
+  return launch(arguments_)
+
+
+def launch(arguments_):
+  """Starts a command (one CPU device) with its output piped, for a test to wait on or kill."""
   return subprocess.Popen(arguments_, cwd=ROOT, env=environment(1), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from runs import ROOT, environment, leaves, read_state, saved_steps, wait_until
+from runs import ROOT, environment, launch, leaves, read_state, saved_steps, wait_until
 
 from conftest import load_config
 from resnet_jax import main, optim
@@ -206,8 +206,7 @@ def test_the_fast_recipe_learns_and_a_run_killed_inside_its_schedule_resumes_bit
   assert straight["step"] == 160 and straight["top1"] > 30, straight  # 43.75 measured; chance is 10
   killed = tmp_path / "killed"
   command = [sys.executable, "-m", "resnet_jax.main", *fast_arguments(killed, data)]
-  process = subprocess.Popen(command, cwd=ROOT, env=environment(1), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+  process = launch(command)
   wait_until(lambda: 40 in saved_steps(killed), process, "checkpoint 40")
   process.send_signal(signal.SIGKILL)
   process.communicate()
