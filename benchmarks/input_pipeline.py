@@ -5,8 +5,8 @@
 Makes its own JPEG folder (500x375, ImageNet's median size, ~110 KB at quality 90 of smooth noise),
 then times, in one run: a plain baseline (full decode, resize the shorter side to 256, center
 crop 224), the paper's and the Inception train pipelines (bilinear resize of the crop, the default,
-and antialiased), the fast (FFCV) recipe's at its two sizes, and the center, 10-crop and multi-scale
-eval views.
+and antialiased), the fast (FFCV) recipe's at its two sizes, torchvision's and RSB's with their
+TrivialAugment / RandAugment ops, and the center, 10-crop and multi-scale eval views.
 """
 
 import functools
@@ -20,7 +20,7 @@ import numpy as np
 from absl import flags
 
 from resnet_jax import cli
-from resnet_jax.data import augment, streamed
+from resnet_jax.data import augment, autoaugment, streamed
 from resnet_jax.data.tf_on_cpu import tf
 
 
@@ -70,6 +70,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "train: inception, antialiased resize": (train, augment.inception_train),
         "train: fast (FFCV) recipe at 160 px": (train, functools.partial(augment.inception_train, crop=160)),
         "train: fast (FFCV) recipe at 192 px": (train, functools.partial(augment.inception_train, crop=192)),
+        "train: torchvision recipe at 176 px (+ TA-Wide, erasing)": (train, functools.partial(
+            augment.inception_train, crop=176, auto_augment=autoaugment.policy("ta_wide"), random_erasing=0.1)),
+        "train: RSB A3 at 160 px (+ rand-m6-mstd0.5-inc1)": (train, functools.partial(
+            augment.inception_train, crop=160, auto_augment=autoaugment.policy("rand-m6-mstd0.5-inc1"))),
+        "train: RSB A1/A2 at 224 px (+ rand-m7-mstd0.5-inc1)": (train, functools.partial(
+            augment.inception_train, crop=224, auto_augment=autoaugment.policy("rand-m7-mstd0.5-inc1"))),
         "eval: center crop": (evaluate, streamed.views_function("center", 256, 224)),
         "eval: fast (FFCV) recipe, resize 293, center 256": (evaluate, streamed.views_function("center", 293, 256)),
         "eval: 10-crop (10 views an image)": (evaluate, streamed.views_function("10crop", 256, 224)),
@@ -77,12 +83,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             evaluate, streamed.views_function("multiscale", 0, 0, (224, 256, 384, 480, 640))),
     }
     print(f"{len(source)} JPEGs of 500x375, mean {size_kb:.0f} KB; {cores} CPU cores; batch {args.batch}")
-    print(f"{'pipeline':48s} {'images/s':>10s} {'per core':>10s} {'vs baseline':>12s}")
+    width = max(map(len, pipelines))
+    print(f"{'pipeline':{width}s} {'images/s':>10s} {'per core':>10s} {'vs baseline':>12s}")
     base = None
     for name, (make, function) in pipelines.items():
       images_per_s = rate(make(function), args.batches, args.batch)
       base = base or images_per_s
-      print(f"{name:48s} {images_per_s:10.0f} {images_per_s / cores:10.0f} {images_per_s / base:11.2f}x")
+      print(f"{name:{width}s} {images_per_s:10.0f} {images_per_s / cores:10.0f} {images_per_s / base:11.2f}x")
 
 
 if __name__ == "__main__":

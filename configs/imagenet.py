@@ -33,12 +33,10 @@ crop after resizing to 256; the paper's Table 3 protocol is --config.data.eval_v
 224/256/384/480/640; use a small --config.eval_batch_size, e.g. 64).
 """
 
-from resnet_jax.config import base_config, parse_arguments
+from resnet_jax.config import base_config, imagenet_data, parse_arguments
 
 DEFAULTS = dict(depth=50, shortcut="B", plain=False, variant="v1", batch=256, epochs=90, dtype="float32",
                 source="folder")
-EVAL_SPLIT = {"folder": "val", "tfds": "validation"}
-NAME = {"folder": "", "tfds": "imagenet2012"}
 
 
 def get_config(argument: str | None = None):
@@ -47,13 +45,8 @@ def get_config(argument: str | None = None):
   c.model.update(dict(depth=args["depth"], dataset="imagenet", shortcut=args["shortcut"],
                       plain=args["plain"], variant=args["variant"], num_classes=1000,
                       dtype=args["dtype"]))
-  if args["source"] not in EVAL_SPLIT:
-    raise ValueError(f"source must be one of {', '.join(EVAL_SPLIT)}; got {args['source']!r}")
-  # An image folder is named by its directory in the records unless --config.data.name says what it
-  # holds (=imagenet2012 puts the paper's numbers beside it in the results table).
-  c.data.update(dict(source=args["source"], name=NAME[args["source"]], data_dir="", train_split="train",
-                     eval_split=EVAL_SPLIT[args["source"]], augmentation="paper", image_size=224, eval_resize=256,
-                     eval_view="center", normalization="channel_mean_std"))
+  c.data.update(imagenet_data(args["source"]))
+  c.data.update(dict(augmentation="paper", image_size=224, eval_resize=256, eval_view="center"))
   c.batch_size = args["batch"]
   c.eval_batch_size = 1000
   c.num_epochs = float(args["epochs"])

@@ -42,15 +42,13 @@ Where ours differs, and why:
   separately: --config.model.bn_group_size=512 reproduces that.
 """
 
-from resnet_jax.config import base_config, parse_arguments
+from resnet_jax.config import base_config, imagenet_data, parse_arguments
 
 DEFAULTS = dict(depth=50, epochs=16, batch=0, dtype="float32", source="folder")
 # FFCV's resolution ramp (start_ramp, end_ramp) in epochs, the same for both depths.
 RAMPS = {16: (11, 13), 24: (17, 20), 32: (23, 27), 40: (29, 34), 56: (41, 48), 88: (65, 76)}
 # depth: (global batch, peak learning rate at it, weight decay)
 RECIPES = {18: (1024, 0.5, 5e-5), 50: (4096, 1.7, 1e-4)}
-EVAL_SPLIT = {"folder": "val", "tfds": "validation"}
-NAME = {"folder": "", "tfds": "imagenet2012"}
 
 
 def get_config(argument: str | None = None):
@@ -58,17 +56,14 @@ def get_config(argument: str | None = None):
   if args["depth"] not in RECIPES or args["epochs"] not in RAMPS:
     raise ValueError(f"FFCV's schedules are depth 18 or 50 and epochs {', '.join(map(str, RAMPS))}; got "
                      f"depth={args['depth']}, epochs={args['epochs']}")
-  if args["source"] not in EVAL_SPLIT:
-    raise ValueError(f"source must be one of {', '.join(EVAL_SPLIT)}; got {args['source']!r}")
   batch, peak, weight_decay = RECIPES[args["depth"]]
   start_ramp, end_ramp = RAMPS[args["epochs"]]
   c = base_config()
   c.model.update(dict(depth=args["depth"], dataset="imagenet", shortcut="B", variant="v1.5", num_classes=1000,
                       dtype=args["dtype"], blurpool=True))
-  c.data.update(dict(source=args["source"], name=NAME[args["source"]], data_dir="", train_split="train",
-                     eval_split=EVAL_SPLIT[args["source"]], augmentation="inception", image_size=192,
-                     train_antialias=True, eval_resize=293, eval_crop=256, eval_view="center", eval_flip=True,
-                     eval_average="logits", normalization="channel_mean_std"))
+  c.data.update(imagenet_data(args["source"]))
+  c.data.update(dict(augmentation="inception", image_size=192, train_antialias=True, eval_resize=293, eval_crop=256,
+                     eval_view="center", eval_flip=True, eval_average="logits"))
   c.data.progressive.update(dict(low=160, start_epoch=start_ramp, end_epoch=end_ramp))
   c.batch_size = args["batch"] or batch
   c.base_batch_size, c.base_learning_rate = batch, peak

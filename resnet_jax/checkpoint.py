@@ -335,7 +335,7 @@ def weights_from_run(experiment: Any, workdir: str, step: int | None = None) -> 
     raise CheckpointError(f"no checkpoint in {checkpoints.directory} yet; the run has not saved one")
   scored = [("live", state.params, state.batch_stats)]
   if state.ema_params is not None:
-    scored.append(("ema", state.ema_params, state.batch_stats))
+    scored.append(("ema", *experiment.ema_weights(state)))
   return step, scored
 
 

@@ -51,6 +51,14 @@ def base_config() -> ml_collections.ConfigDict:
       # streamed: progressive resizing as FFCV's. From `low` > 0 px (until start_epoch), rising linearly
       # to image_size (from end_epoch), each epoch's size rounded to a multiple of 32; the batch stays.
       progressive=ml_collections.ConfigDict(dict(low=0, start_epoch=0, end_epoch=0)),
+      # streamed 'inception': a policy on each train crop (data/autoaugment.py): 'ta_wide' (torchvision's
+      # TrivialAugmentWide), 'ra' / 'ra-m9-n2' (torchvision's RandAugment), a timm string such as
+      # 'rand-m7-mstd0.5-inc1'; '' = none.
+      auto_augment="",
+      random_erasing=0.0,  # streamed 'inception': torchvision's RandomErasing probability (erased to the mean)
+      # streamed: repeated augmentation (torchvision's RASampler, timm's aug_repeats): each epoch holds
+      # 1/augment_repeats of the examples, each that many times under different augmentations.
+      augment_repeats=1,
       # streamed: antialiased resizing of train crops; off (bilinear, as the Flax and TPU reference
       # pipelines) doubles the images/s a core makes. Eval views are always antialiased.
       train_antialias=False,
@@ -95,6 +103,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss = "cross_entropy"
   c.bce_target_threshold = 0.0
   c.ema_decay = 0.0  # > 0 keeps an exponential moving average of the weights and evaluates it too
+  # torchvision's EMA (train_step.EmaRule): an update every k steps of an epoch, the BN statistics
+  # averaged too, the weights copied in the first epochs (its learning-rate warmup).
+  c.ema_every_steps = 1
+  c.ema_buffers = False
+  c.ema_copy_epochs = 0
   c.log_every_steps = 50
   c.eval_every_epochs = 1.0  # 0 = only at the end
   c.checkpoint_every_steps = 1000
@@ -113,6 +126,9 @@ _RULES = (
     ("loss", lambda v: v in LOSSES, " or ".join(map(repr, LOSSES))),
     ("bce_target_threshold", lambda v: 0 <= v < 1, "in [0, 1) (0: off)"),
     ("ema_decay", lambda v: 0 <= v < 1, "in [0, 1) (0: no EMA)"),
+    ("ema_every_steps", lambda v: isinstance(v, int) and v >= 1, "a positive integer"),
+    ("ema_buffers", lambda v: isinstance(v, bool), "True or False"),
+    ("ema_copy_epochs", lambda v: isinstance(v, int) and v >= 0, "a non-negative integer"),
     ("num_train_steps", lambda v: isinstance(v, int) and v >= 0, "0 (use num_epochs) or a positive integer"),
     ("num_epochs", lambda v: v >= 0, "non-negative"),
     ("log_every_steps", lambda v: isinstance(v, int) and v >= 1, "a positive integer"),
@@ -148,6 +164,20 @@ def resolve_data_name(config: ml_collections.ConfigDict) -> None:
   which the results table compares with the paper): a record never calls other data ImageNet."""
   if config.data.source == "folder" and not config.data.name and config.data.data_dir:
     config.data.name = pathlib.Path(config.data.data_dir).resolve().name
+
+
+IMAGENET_SPLITS = {"folder": ("train", "val"), "tfds": ("train", "validation")}
+
+
+def imagenet_data(source: str) -> dict:
+  """The `data` fields that locate ImageNet for a config's `source` argument: an image folder
+  (named by its directory in the records unless --config.data.name=imagenet2012 says what it
+  holds, which puts the paper's numbers beside it in the results table) or the tfds build."""
+  if source not in IMAGENET_SPLITS:
+    raise ConfigError(f"source must be one of {', '.join(IMAGENET_SPLITS)}; got {source!r}")
+  train, evaluation = IMAGENET_SPLITS[source]
+  return dict(source=source, name="imagenet2012" if source == "tfds" else "", data_dir="", train_split=train,
+              eval_split=evaluation, normalization="channel_mean_std")
 
 
 def parse_arguments(argument: str | None, defaults: dict) -> dict:

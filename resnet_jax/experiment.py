@@ -52,9 +52,24 @@ class Experiment:
         step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
         opt_state=self.optimizer.init(params),
         # A copy: the train step donates the state, and one buffer cannot be donated twice.
-        ema_params=jax.tree.map(jnp.copy, params) if self.config.ema_decay > 0 else None,
+        ema_params=self._ema_of(params, batch_stats) if self.config.ema_decay > 0 else None,
     )
     return jax.device_put(state, sharding.replicated(self.mesh))
+
+  def _ema_of(self, params: Any, batch_stats: Any) -> Any:
+    """A copy (the train step donates the state, and one buffer cannot be donated twice) of what the
+    EMA averages: the parameters, and the BN statistics with config.ema_buffers."""
+    ema = {"params": params, "batch_stats": batch_stats} if self.config.ema_buffers else params
+    return jax.tree.map(jnp.copy, ema)
+
+  def ema_weights(self, state: TrainState) -> tuple[Any, Any] | None:
+    """(params, batch_stats) to score the EMA with (its own statistics when it averages them);
+    None without an EMA."""
+    if state.ema_params is None:
+      return None
+    if self.config.ema_buffers:
+      return state.ema_params["params"], state.ema_params["batch_stats"]
+    return state.ema_params, state.batch_stats
 
   def abstract_state(self) -> TrainState:
     """Shapes, dtypes and shardings of the train state, for restoring without building it."""

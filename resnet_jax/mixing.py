@@ -102,3 +102,13 @@ def mix(images: jax.Array, targets: jax.Array, mixing: MixDraw, style: str) -> t
   mixed = jnp.where(mixing.cutmix, cut, images * lam + others * (1 - lam))
   lam = lam.astype(targets.dtype)
   return mixed, targets * lam + partner(targets, style) * (1 - lam)
+
+
+def erase(images: jax.Array, boxes: jax.Array) -> jax.Array:
+  """Random erasing's second half: each image's box (top, left, height, width; drawn on the host,
+  autoaugment.erasing_box) set to 0 in the normalised image, torchvision's value=0."""
+  rows = jnp.arange(images.shape[1])[None, :, None]
+  cols = jnp.arange(images.shape[2])[None, None, :]
+  top, left, height, width = (boxes[:, i, None, None] for i in range(4))
+  inside = (rows >= top) & (rows < top + height) & (cols >= left) & (cols < left + width)
+  return jnp.where(inside[..., None], jnp.zeros((), images.dtype), images)

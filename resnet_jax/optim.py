@@ -30,7 +30,11 @@ class ScheduleConfig:
   `decay` 'step' (x `decay_factor` at each of `boundaries`), 'cosine' or 'linear' (to 0 at the end:
   FFCV's "cyclic" schedule after its linear warmup), lengths
   in `unit` ('steps' | 'epochs'), and `warmup` of that length: 'linear' (Goyal et al.'s ramp from
-  `warmup_lr`) or 'constant' (`warmup_lr`, then the peak, as for ResNet-110)."""
+  `warmup_lr`) or 'constant' (`warmup_lr`, then the peak, as for ResNet-110). Cosine decays to
+  `min_lr`, over the steps after the warmup or, with `cosine_from_start` (timm's scheduler), over
+  all of them with the warmup replacing its start. `change_every` 'epoch' holds the rate through each
+  epoch at its value at the epoch's start, as torchvision's and timm's schedulers step once an
+  epoch; 'step' changes it every step."""
 
   learning_rate: float = 0.1
   decay: str = "step"
@@ -40,6 +44,9 @@ class ScheduleConfig:
   warmup: float = 0.0
   warmup_kind: str = "linear"
   warmup_lr: float = 0.0
+  min_lr: float = 0.0
+  cosine_from_start: bool = False
+  change_every: str = "step"
 
   def __post_init__(self):
     sections.check(self, "schedule", (
@@ -51,6 +58,8 @@ class ScheduleConfig:
         ("warmup", lambda v: v >= 0, "0 (none) or a positive length"),
         ("warmup_kind", lambda v: v in ("linear", "constant"), "'linear' or 'constant'"),
         ("warmup_lr", lambda v: v >= 0, "non-negative"),
+        ("min_lr", lambda v: v >= 0, "non-negative"),
+        ("change_every", lambda v: v in ("step", "epoch"), "'step' or 'epoch'"),
     ))
 
   @classmethod
@@ -104,14 +113,18 @@ def learning_rate_schedule(schedule: ScheduleConfig, steps_per_epoch: int, total
     boundaries = [to_steps(b) for b in schedule.boundaries]
     main = optax.piecewise_constant_schedule(peak, {b: schedule.decay_factor for b in boundaries})
   else:
-    span = max(total_steps - warmup, 1)
-    done = lambda step: jnp.clip(step - warmup, 0, span) / span
+    begin = 0 if schedule.cosine_from_start else warmup
+    span = max(total_steps - begin, 1)
+    done = lambda step: jnp.clip(step - begin, 0, span) / span
     if schedule.decay == "cosine":
-      main = lambda step: 0.5 * peak * (1 + jnp.cos(jnp.pi * done(step)))
+      low = schedule.min_lr
+      main = lambda step: low + 0.5 * (peak - low) * (1 + jnp.cos(jnp.pi * done(step)))
     else:
       main = lambda step: peak * (1 - done(step))
 
   def rate(step: jax.Array) -> jax.Array:
+    if schedule.change_every == "epoch":
+      step = step // steps_per_epoch * steps_per_epoch
     if not warmup:
       return main(step)
     start = schedule.warmup_lr

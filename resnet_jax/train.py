@@ -41,11 +41,12 @@ def _mean(window: list[dict[str, float]]) -> dict[str, float]:
 def _evaluate_and_report(experiment, state, step, reporter) -> dict[tuple[str | None, str], dict[str, float]]:
   """Scores the config's eval split and each named evaluation, with the live weights and the EMA's
   (when kept); logs them all. Returns the results by (evaluation name, weights)."""
-  weights = [("live", state.params)] + ([("ema", state.ema_params)] if state.ema_params is not None else [])
+  ema = experiment.ema_weights(state)
+  weights = [("live", (state.params, state.batch_stats))] + ([("ema", ema)] if ema else [])
   scored = {}
   for evaluation, split in evaluations(experiment.config).items():
-    for name, params in weights:
-      results = evaluate(experiment, params, state.batch_stats, split)
+    for name, (params, batch_stats) in weights:
+      results = evaluate(experiment, params, batch_stats, split)
       prefix = rundir.metric_prefix(evaluation, name)
       reporter.scalars(step, {f"{prefix}{k}": v for k, v in results.items()})
       logging.info("%s at step %d (%s): %s", prefix[:-1], step, split, describe(results))

@@ -6,11 +6,13 @@ Its own module so that the benchmark can compile it without the trainer's Tensor
 writers (GPU machines may lack TensorFlow).
 """
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import nnx
@@ -50,6 +52,27 @@ def loss_of(logits: jax.Array, targets: jax.Array, kind: str, bce_target_thresho
   return optax.sigmoid_binary_cross_entropy(logits, targets).mean()
 
 
+@dataclasses.dataclass(frozen=True)
+class EmaRule:
+  """How the weights' moving average follows training. By default it moves toward the weights by
+  1 - decay at every step. torchvision's recipe instead updates every `every` steps of an epoch
+  (counted from the epoch's first), averages the BN statistics too (`buffers`), and copies the
+  weights outright at each update of the first `copy_epochs` epochs and at the first one after."""
+
+  decay: float
+  every: int = 1
+  buffers: bool = False
+  copy_epochs: int = 0
+  steps_per_epoch: int = 1
+
+  def update(self, ema: Any, live: Any, step: jax.Array) -> Any:
+    if self.every == 1 and not self.copy_epochs:
+      return optax.incremental_update(live, ema, 1.0 - self.decay)
+    rate = jnp.where(step <= self.copy_epochs * self.steps_per_epoch, 1.0, 1.0 - self.decay)
+    rate = jnp.where(step % self.steps_per_epoch % self.every == 0, rate, 0.0)
+    return optax.incremental_update(live, ema, rate)
+
+
 def train_step(
     state: TrainState,
     batch: dict[str, jax.Array],
@@ -60,11 +83,14 @@ def train_step(
     schedule: optax.Schedule,
     make_targets: Callable[..., tuple[jax.Array, jax.Array]],
     loss: Callable[[jax.Array, jax.Array], jax.Array],
-    ema_decay: float,
+    ema: "EmaRule",
     drop_key: Callable[[jax.Array], jax.Array] | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   labels = batch["label"]
-  images, targets = make_targets(labels, normalize(batch["image"], batch.get("lighting")), state.step)
+  images = normalize(batch["image"], batch.get("lighting"))
+  if "erase" in batch:  # before mixing, as torchvision erases each example before its collate mixes them
+    images = mixing.erase(images, batch["erase"])
+  images, targets = make_targets(labels, images, state.step)
 
   def loss_fn(params):
     model = nnx.merge(graphdef, params, state.batch_stats)
@@ -76,7 +102,8 @@ def train_step(
   params = optax.apply_updates(state.params, updates)
   ema_params = state.ema_params
   if ema_params is not None:
-    ema_params = optax.incremental_update(params, ema_params, 1.0 - ema_decay)
+    live = {"params": params, "batch_stats": batch_stats} if ema.buffers else params
+    ema_params = ema.update(ema_params, live, state.step)
   metrics = {
       "loss": loss,
       "top1": correct_top_k(logits, labels, 1).mean(),
@@ -100,7 +127,8 @@ def step_options(experiment: Experiment, config: ml_collections.ConfigDict | Non
   return dict(graphdef=experiment.graphdef, normalize=experiment.data.normalize, optimizer=experiment.optimizer,
               schedule=experiment.schedule, make_targets=make_targets,
               loss=functools.partial(loss_of, kind=config.loss, bce_target_threshold=config.bce_target_threshold),
-              ema_decay=config.ema_decay,
+              ema=EmaRule(config.ema_decay, every=config.ema_every_steps, buffers=config.ema_buffers,
+                          copy_epochs=config.ema_copy_epochs, steps_per_epoch=experiment.steps_per_epoch),
               drop_key=functools.partial(step_key, config.seed, purpose=STOCHASTIC_DEPTH)
               if experiment.model_config.drop_path_rate else None)
 

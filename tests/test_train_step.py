@@ -27,7 +27,7 @@ def test_uint8_batches_normalised_on_the_device_give_the_losses_of_host_normalis
   assert local["image"].dtype == np.uint8 and 4 * local["image"].nbytes == on_host["image"].nbytes
   np.testing.assert_allclose(jax.jit(normalize)(local["image"]), on_host["image"], rtol=0, atol=2.5e-7)
   identity = Normalizer(np.zeros(1, np.float32), np.ones(1, np.float32))
-  common = {**step_options(tiny_experiment), "ema_decay": 0.0}
+  common = step_options(tiny_experiment)
   del common["normalize"]
   state = tiny_experiment.initial_state()
   step = lambda batch, normalizer: jax.jit(functools.partial(train_step, normalize=normalizer, **common))(

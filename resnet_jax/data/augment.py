@@ -10,9 +10,11 @@ the example's fields: its image and, for the paper's, the PCA lighting shift, ad
 """
 
 import io
+from collections.abc import Callable
 
 import numpy as np
 
+from resnet_jax.data import autoaugment
 from resnet_jax.data.tf_on_cpu import tf
 
 # Krizhevsky et al. 2012's "standard color augmentation": PCA of ImageNet's RGB pixels (on a 0-1
@@ -143,12 +145,26 @@ def inception_window(
 def inception_train(
     image_bytes: tf.Tensor, seed: tf.Tensor, *, crop: tf.Tensor | int = 224, area: tuple[float, float] = (0.08, 1.0),
     aspect: tuple[float, float] = (3 / 4, 4 / 3), antialias: bool = True,
+    auto_augment: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None, random_erasing: float = 0.0,
 ) -> dict[str, tf.Tensor]:
-  """Random-resized crop (Szegedy et al. 2015), decoding only the crop's part of the JPEG; `crop` may be
-  a tensor (progressive resizing sets it per epoch)."""
+  """Random-resized crop (Szegedy et al. 2015), decoding only the crop's part of the JPEG, and a flip;
+  `crop` may be a tensor (progressive resizing sets it per epoch).
+
+  Then, as torchvision's and timm's pipelines order them: an `auto_augment` policy on the uint8 view
+  (autoaugment.py), and with probability `random_erasing` a box (`erase`: top, left, height, width)
+  that the devices erase after normalising.
+  """
   box_seed, flip_seed = split_seed(seed, 2)
   window = inception_window(image_shape(image_bytes), box_seed, area, aspect)
-  return {"image": quantize(random_flip(decode_window(image_bytes, window, crop, antialias), flip_seed))}
+  image = quantize(random_flip(decode_window(image_bytes, window, crop, antialias), flip_seed))
+  if auto_augment:
+    image = tf.cast(auto_augment(tf.cast(image, tf.float32), tf.random.experimental.stateless_fold_in(seed, 1)),
+                    tf.uint8)
+  example = {"image": image}
+  if random_erasing:
+    example["erase"] = autoaugment.erasing_box(tf.random.experimental.stateless_fold_in(seed, 2), crop, crop,
+                                               random_erasing)
+  return example
 
 
 def center_offsets(height: tf.Tensor, width: tf.Tensor, crop: int) -> tuple[tf.Tensor, tf.Tensor]:

@@ -86,8 +86,11 @@ def _paper_train(d: Any) -> Callable:
 def _inception_train(d: Any) -> Callable:
   from resnet_jax.data import augment
 
+  from resnet_jax.data import autoaugment
+
   return functools.partial(augment.inception_train, crop=d.image_size, area=tuple(d.crop_area),
-                           aspect=tuple(d.crop_aspect), antialias=d.train_antialias)
+                           aspect=tuple(d.crop_aspect), antialias=d.train_antialias,
+                           auto_augment=autoaugment.policy(d.auto_augment), random_erasing=d.random_erasing)
 
 
 # For each kind of input, the values each setting may take and what each value builds: the train
@@ -135,7 +138,8 @@ def check_settings(data: Any, kind: str) -> None:
     raise ConfigError(f"data.eval_flip adds the mirror image to a center view; eval_view={data.eval_view!r} "
                       f"scores mirror images already: leave it off (--config.data.eval_flip=False)")
   for field, value in (("exclude_file", data.exclude_file), ("progressive.low", data.progressive.low),
-                       ("eval_crop", data.eval_crop)):
+                       ("eval_crop", data.eval_crop), ("auto_augment", data.auto_augment),
+                       ("random_erasing", data.random_erasing), ("augment_repeats", data.augment_repeats != 1)):
     if kind == "in memory" and value:
       raise ConfigError(f"data.{field} applies to {_KIND_DESCRIPTION['streamed']}; {data.name} is "
                         f"{_KIND_DESCRIPTION[kind]}")
@@ -146,7 +150,17 @@ def check_settings(data: Any, kind: str) -> None:
                       f"augmentation={data.augmentation!r}, image_size={data.image_size}: progressive resizing needs "
                       f"augmentation='inception' (a random-resized crop, as FFCV's), 0 < low <= image_size and "
                       f"0 <= start_epoch <= end_epoch")
+  if (data.auto_augment or data.random_erasing) and data.augmentation != "inception":
+    raise ConfigError(f"data.auto_augment={data.auto_augment!r} and data.random_erasing={data.random_erasing} follow "
+                      f"a random-resized crop, as in torchvision's and timm's recipes: set augmentation='inception' "
+                      f"(augmentation={data.augmentation!r})")
+  if not (0 <= data.random_erasing <= 1 and isinstance(data.augment_repeats, int) and data.augment_repeats >= 1):
+    raise ConfigError(f"data.random_erasing={data.random_erasing} must be a probability in [0, 1] and "
+                      f"data.augment_repeats={data.augment_repeats} a positive integer (1: each example once an epoch)")
   if kind == "streamed":
+    from resnet_jax.data import autoaugment
+
+    autoaugment.policy(data.auto_augment)  # refuses an unknown policy before anything loads
     if data.eval_view != "multiscale" and not eval_crop(data) <= data.eval_resize:
       raise ConfigError(f"data.eval_crop={eval_crop(data)} (0: image_size) exceeds data.eval_resize={data.eval_resize}, "
                         f"the shorter side it is cropped from: raise eval_resize (FixRes-style: resize 232, crop 224)")
@@ -252,7 +266,7 @@ def _streamed_inputs(config: Any) -> Inputs:
       num_train=len(train_source), channels=3, num_classes=train_source.num_classes,
       train=lambda step: streamed.train_stream(
           train_source, config.batch_size, train_augment, seed=config.seed, step=step, crop_by_epoch=train_crops(d),
-          **process),
+          repeats=d.augment_repeats, **process),
       eval_batches=eval_stream,
       normalize=settings["normalization"][d.normalization](),
       fingerprint={**_base_fingerprint(d), "classes": list(train_source.classes),

@@ -266,14 +266,16 @@ def train_stream(
     process_count: int = 1,
     prefetch: int = 2,
     crop_by_epoch: Sequence[int] = (),
+    repeats: int = 1,
 ) -> Iterator[dict[str, np.ndarray]]:
   """This process's slices of the global training batches, from `step` on, endlessly.
 
   `augment(image_bytes, seed)` returns an example's fields (its image, and any others such as a
   lighting shift); every epoch drops its remainder. With `crop_by_epoch` (progressive resizing) it
   is called with `crop=` the size for the example's epoch, the last one holding for every later
-  epoch: a pure function of the step, as the order is. An image that cannot be decoded ends the
-  stream with a DataError naming it.
+  epoch: a pure function of the step, as the order is. With `repeats` > 1 (repeated augmentation)
+  positions r*k .. r*k+r-1 of an epoch hold its k-th shuffled example, each position with its own
+  augmentation seed. An image that cannot be decoded ends the stream with a DataError naming it.
   """
   n = len(source)
   steps_per_epoch = n // global_batch
@@ -294,7 +296,7 @@ def train_stream(
     epoch = s // steps_per_epoch
     within = (s % steps_per_epoch) * global_batch + j
     index = tf.random.experimental.index_shuffle(
-        within, tf.stack([tf.constant(seed, tf.int64), epoch]), n - 1
+        within // repeats, tf.stack([tf.constant(seed, tf.int64), epoch]), n - 1
     )
     return index, tf.stack([tf.constant(seed, tf.int64), s * global_batch + j]), epoch
 
