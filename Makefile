@@ -26,7 +26,7 @@ PYTEST = $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 # The first line of every target: which interpreter and stack this run uses.
 SAY_STACK = @$(PY) -c 'import sys, importlib.metadata as m; print(f"Python {sys.version.split()[0]} ({sys.executable}),", ", ".join(f"{p} {m.version(p)}" for p in ("jax", "jaxlib", "flax")))'
 
-.PHONY: venv demo test test-fast test-torch smoke lock clean
+.PHONY: venv demo test test-fast test-torch test-slurm smoke lock clean
 
 venv: $(STAMP)
 
@@ -66,6 +66,13 @@ test-torch: $(STAMP)
 	$(SAY_STACK)
 	$(PY) -m pip install -q $(TORCH)
 	RESNET_JAX_REQUIRE_TORCH=1 $(PYTEST) -m torch tests
+
+# launch/slurm.sbatch on a real one-node SLURM cluster that the tests start here (tests/slurm_cluster.py:
+# Debian's slurmctld, slurmd and munge, installed with apt-get where missing; no systemd), one job at a
+# time, so one pytest worker. Without root or apt-get the tests are skipped with one line saying why.
+test-slurm: $(STAMP)
+	$(SAY_STACK)
+	RESNET_JAX_SLURM=1 $(PY) -m pytest -p no:xdist -m slurm tests/test_slurm.py
 
 # A few minutes' check of a second stack (CI runs it on Python 3.11): the CPU reproducers, the
 # paper's counts, and the demo trained and evaluated for 20 steps.

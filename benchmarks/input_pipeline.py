@@ -10,6 +10,7 @@ TrivialAugment / RandAugment ops, and the center, 10-crop and multi-scale eval v
 """
 
 import functools
+import json
 import os
 import pathlib
 import tempfile
@@ -49,7 +50,8 @@ def define_flags(values: flags.FlagValues) -> None:
   flags.DEFINE_integer("batch", 64, "images a batch", flag_values=values)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> dict:
+  """Prints the table, then a JSON line of the same rates (for scripts); returns that dict."""
   args, _ = cli.parse(argv, define_flags, __doc__)
   cores = len(os.sched_getaffinity(0))
   with tempfile.TemporaryDirectory() as tmp:
@@ -85,11 +87,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"{len(source)} JPEGs of 500x375, mean {size_kb:.0f} KB; {cores} CPU cores; batch {args.batch}")
     width = max(map(len, pipelines))
     print(f"{'pipeline':{width}s} {'images/s':>10s} {'per core':>10s} {'vs baseline':>12s}")
-    base = None
+    base, rates = None, {}
     for name, (make, function) in pipelines.items():
-      images_per_s = rate(make(function), args.batches, args.batch)
+      images_per_s = rates[name] = rate(make(function), args.batches, args.batch)
       base = base or images_per_s
       print(f"{name:{width}s} {images_per_s:10.0f} {images_per_s / cores:10.0f} {images_per_s / base:11.2f}x")
+  result = {"cores": cores, "batch": args.batch, "images_per_s": rates}
+  print(json.dumps(result))
+  return result
 
 
 if __name__ == "__main__":

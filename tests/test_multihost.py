@@ -184,6 +184,9 @@ def test_sigterm_makes_every_process_save_the_same_step_and_exit_cleanly(tmp_pat
      {"SLURM_NTASKS_PER_NODE": "8", "SLURM_GPUS_ON_NODE": "8", "MODULE": "resnet_jax.evaluate"},
      ["srun --kill-on-bad-exit=1 {python} -m resnet_jax.evaluate --distributed=on --config=configs/imagenet.py"
       " --workdir=/shared/r50"]),
+    # An allocation without GPUs (tests/test_slurm.py runs this for real).
+    ("slurm.sbatch", ["--workdir=runs/x"], {"SLURM_NTASKS_PER_NODE": "2", "SLURM_GPUS_ON_NODE": "0"},
+     ["export JAX_PLATFORMS=cpu", "srun --kill-on-bad-exit=1 {python} -m resnet_jax.main --distributed=on --workdir=runs/x"]),
     ("tpu_pod.sh", ["--config=configs/imagenet.py:depth=50,source=tfds", "--workdir=/mnt/runs/r50"],
      {"TPU_NAME": "pod", "ZONE": "us-central2-b"},
      ["gcloud compute tpus tpu-vm ssh pod --zone=us-central2-b --worker=all '--command=cd resnet_jax && "
@@ -236,7 +239,7 @@ def test_slurm_script_outside_a_job_says_to_submit_it():
 
 
 def test_slurm_job_refuses_a_venv_without_jax_cuda():
-  env = dict(os.environ, SLURM_JOB_ID="1", PYTHON=sys.executable)  # this venv: the CPU build
+  env = dict(os.environ, SLURM_JOB_ID="1", SLURM_GPUS_ON_NODE="4", PYTHON=sys.executable)  # this venv: the CPU build
   result = subprocess.run(["bash", "launch/slurm.sbatch", "--config=x"], cwd=ROOT, capture_output=True, text=True,
                           env=env, timeout=60)
   assert result.returncode == 2 and "make venv EXTRAS=cuda13" in result.stderr, result.stderr
