@@ -18,6 +18,7 @@ Readers (the evaluate command) open the directory read-only: they never delete o
 
 import datetime
 import hashlib
+import json
 import logging
 import os
 import pathlib
@@ -382,3 +383,50 @@ class PreemptionWatch:
   def restore_handler(self) -> None:
     for signum, previous in self._previous.items():
       signal.signal(signum, previous)
+
+
+def network_of(path: str) -> tuple[pathlib.Path, int, dict, dict | None]:
+  """(checkpoint directory, step, model config, the run's config or None) of what a user names as a
+  network: a run's directory (its newest checkpoint), a run's checkpoints/STEP, or a converted
+  checkpoint (tools/convert's output, which records its model)."""
+  location = pathlib.Path(path).absolute()
+  whole_run = rundir.is_run(location)
+  run = location if whole_run else rundir.run_of_checkpoint(str(location))
+  if run is not None:
+    step = rundir.newest_checkpoint(run) if whole_run else int(location.name)
+    if step is None:
+      raise CheckpointError(f"no checkpoints in {run}; train first with python -m resnet_jax.main")
+    directory = pathlib.Path(run) / rundir.CHECKPOINTS / str(step)
+    if not directory.is_dir():
+      raise CheckpointError(f"no checkpoint {directory}; the run's newest is step {rundir.newest_checkpoint(run)}")
+    config = rundir.read_config(run)
+    return directory, step, config["model"], config
+  if (location / "converted.json").exists():
+    return location, 0, json.loads((location / "converted.json").read_text())["model"], None
+  raise CheckpointError(f"{path} is not a run's directory, a run's checkpoints/STEP or a converted checkpoint")
+
+
+def network_weights(directory: pathlib.Path, model: Any, run_config: dict | None, ema: bool = False,
+                    sharding: Any = None) -> tuple[Any, Any, Any]:
+  """(eval graphdef, params, batch_stats) of a checkpoint's network, read without its optimizer
+  state: the live weights, or `ema` the run's EMA (with its own BN statistics when it averages
+  them); arrays placed with `sharding` when given."""
+  from flax import nnx
+
+  from resnet_jax.models import build_model
+
+  network = nnx.eval_shape(lambda: build_model(model))
+  graphdef, params, batch_stats = nnx.split(nnx.view(network, use_running_average=True), nnx.Param, nnx.BatchStat)
+  place = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                                    nnx.to_pure_dict(tree))
+  params, batch_stats = place(params), place(batch_stats)
+  if not ema:
+    weights = restore_weights(directory, {"params": params, "batch_stats": batch_stats})
+    return graphdef, weights["params"], weights["batch_stats"]
+  if not (run_config or {}).get("ema_decay"):
+    raise CheckpointError(f"{directory} holds no EMA (its run's ema_decay is 0); use its live weights")
+  if run_config.get("ema_buffers"):
+    weights = restore_weights(directory, {"ema_params": {"params": params, "batch_stats": batch_stats}})
+    return graphdef, weights["ema_params"]["params"], weights["ema_params"]["batch_stats"]
+  weights = restore_weights(directory, {"ema_params": params, "batch_stats": batch_stats})
+  return graphdef, weights["ema_params"], weights["batch_stats"]

@@ -3,12 +3,15 @@
   python -m resnet_jax.evaluate --config=configs/imagenet.py:depth=50 --workdir=DIR [--step=N] \
       [--protocol=center|10crop|multiscale]
   python -m resnet_jax.evaluate --config=... --checkpoint=DIR/checkpoints/N   (or a converted one)
+  python -m resnet_jax.evaluate --config=... --workdir=OUT --ensemble=RUN1,RUN2/checkpoints/N,...
 
 It scores the config's eval split and each of its named evaluations (`config.evals`), with the live
 weights and, when the run keeps one, the EMA's. A run's checkpoint is scored with the config the
 run trained with (its run.json) and this command's evaluation settings (splits, views, eval batch,
 data directory). Each score is printed, then recorded as `eval/evaluate_step_N_*.json`: a new
-record, never one that replaces the trainer's.
+record, never one that replaces the trainer's. An ensemble (Table 5) scores each example by its
+members' softmax averaged over networks and views, with the first run's config; its record
+(`evaluate_step_0_ensemble_*.json` in OUT) lists every member's checkpoint, step and network.
 """
 
 import pathlib
@@ -31,6 +34,9 @@ def define_flags(values: flags.FlagValues) -> None:
   flags.DEFINE_enum("protocol", None, ["center", "10crop", "multiscale"],
                     "the test views (sets data.eval_view): center crop, the 10 crops of Table 3, or "
                     "Table 4's fully-convolutional multi-scale", flag_values=values)
+  flags.DEFINE_list("ensemble", [], "score these networks as one, each example by their mean softmax (Table 5): "
+                    "runs' directories (their newest checkpoint), runs' checkpoints/STEP or converted checkpoints, "
+                    "comma-separated; the record, listing each, goes to --workdir's eval/", flag_values=values)
   distributed.define_flags(values)
 
 
@@ -42,23 +48,18 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
   from resnet_jax import provenance
   from resnet_jax.checkpoint import weights_from_directory, weights_from_run
-  from resnet_jax.config import evaluations, resolve_data_name
+  from resnet_jax.config import evaluations
   from resnet_jax.evaluation import describe, evaluate
-  from resnet_jax.experiment import setup
 
+  if args.ensemble:
+    return _evaluate_ensemble(args, argv)
   scored_run = rundir.run_of_checkpoint(args.checkpoint) if args.checkpoint else args.workdir
   workdir = args.workdir or scored_run
   if not workdir:
     raise ConfigError("give --workdir: a run's directory to score, or, with --checkpoint outside a run, where "
                       "the evaluation record goes (WORKDIR/eval/)")
   identity = rundir.read_identity(scored_run) if scored_run else None
-  if args.protocol:
-    with args.config.unlocked():
-      args.config.data.eval_view = args.protocol
-  config = provenance.evaluation_config(identity, args.config)
-  resolve_data_name(config)
-  distributed.initialize(**distributed.flag_settings(args))
-  experiment = setup(config)
+  config, experiment = _set_up(args, identity)
   if args.checkpoint:
     step, scored = weights_from_directory(experiment, args.checkpoint)
   else:
@@ -82,6 +83,69 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
       written.append(rundir.read_record(path) if jax.process_index() == 0 else None)
       if jax.process_index() == 0:
         print(f"recorded in {path}")
+  return written
+
+
+def _set_up(args, identity: dict | None) -> tuple:
+  """(config, experiment) to score with: the scored run's config (`identity`, when there is one)
+  with this command's evaluation settings and protocol; starts the distributed runtime first."""
+  from resnet_jax import provenance
+  from resnet_jax.config import resolve_data_name
+  from resnet_jax.experiment import setup
+
+  if args.protocol:
+    with args.config.unlocked():
+      args.config.data.eval_view = args.protocol
+  config = provenance.evaluation_config(identity, args.config)
+  resolve_data_name(config)
+  distributed.initialize(**distributed.flag_settings(args))
+  return config, setup(config)
+
+
+def _evaluate_ensemble(args, argv: Sequence[str] | None) -> list[dict]:
+  """Scores `--ensemble`'s networks together with the first one's run config and this command's
+  evaluation settings; one record per split, in --workdir, naming every member."""
+  import jax
+
+  from resnet_jax import sharding
+  from resnet_jax.checkpoint import network_of, network_weights
+  from resnet_jax.config import evaluations
+  from resnet_jax.evaluation import describe, evaluate_ensemble
+  from resnet_jax.models import ModelConfig
+
+  if args.checkpoint or args.step is not None:
+    raise ConfigError("--ensemble names each network itself (a run, or a run's checkpoints/STEP); "
+                      "drop --checkpoint and --step")
+  if not args.workdir:
+    raise ConfigError("give --workdir: where the ensemble's record goes (WORKDIR/eval/)")
+  named = [network_of(path) for path in args.ensemble]
+  first_run = next((rundir.run_of_checkpoint(str(d)) for d, _, _, config in named[:1] if config), None)
+  identity = rundir.read_identity(first_run) if first_run else None
+  config, experiment = _set_up(args, identity)
+  members, described = [], []
+  for path, (directory, step, model, run_config) in zip(args.ensemble, named, strict=True):
+    network = ModelConfig.from_mapping(model)
+    if network.num_classes != experiment.model_config.num_classes:
+      raise ConfigError(f"--ensemble: {path} has {network.num_classes} classes, the data "
+                        f"{experiment.model_config.num_classes}; every member must score the same classes")
+    if run_config and run_config["data"]["normalization"] != config.data.normalization:
+      raise ConfigError(f"--ensemble: {path} was trained on inputs normalised by "
+                        f"{run_config['data']['normalization']!r}, this evaluation's are {config.data.normalization!r}")
+    members.append(network_weights(directory, model, run_config, sharding=sharding.replicated(experiment.mesh)))
+    described.append({"path": str(pathlib.Path(path).absolute()), "checkpoint": str(directory), "step": step,
+                      "weights": "live", "network": network.describe()})
+  written = []
+  for evaluation, split in evaluations(config).items():
+    results = evaluate_ensemble(experiment, members, split)
+    if jax.process_index() == 0:
+      print(f"ensemble of {len(members)} ({', '.join(m['network'] for m in described)}), {config.data.name} "
+            f"{split}, {config.data.eval_view} protocol: {describe(results)}", flush=True)
+    path = rundir.write_record(args.workdir, 0, config, results, "ensemble", evaluation=evaluation, split=split,
+                               by="evaluate", ensemble=described,
+                               command=rundir.command_line("resnet_jax.evaluate", argv))
+    written.append(rundir.read_record(path) if jax.process_index() == 0 else None)
+    if jax.process_index() == 0:
+      print(f"recorded in {path}")
   return written
 
 

@@ -3,7 +3,7 @@ top-1/top-5 accuracy and error. Used by the trainer after training and by the ev
 a saved checkpoint."""
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
@@ -19,10 +19,9 @@ def correct_top_k(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
   return jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1).astype(jnp.float32)
 
 
-def eval_step(params: Any, batch_stats: Any, batch: dict, *, graphdef: nnx.GraphDef,
-              normalize: Callable[[jax.Array], jax.Array], flip: bool = False,
-              average: str = "probabilities") -> dict:
-  """Sums over the real (mask = 1) examples of one global batch.
+def member_scores(model: nnx.Module, images: jax.Array | tuple, *, normalize: Callable[[jax.Array], jax.Array],
+                  flip: bool = False, average: str = "probabilities") -> jax.Array:
+  """One network's (batch, classes) scores of a batch's images.
 
   Images are uint8 (batch, views, H, W, C), or a tuple of such with one size each (the scales of
   Table 4's multi-scale testing), normalised here; `flip` adds each view's mirror image. An
@@ -30,17 +29,26 @@ def eval_step(params: Any, batch_stats: Any, batch: dict, *, graphdef: nnx.Graph
   3, or the whole image and its mirror at every scale) or, `average='logits'`, the softmax of its
   averaged logits (FFCV's flip test: argmax of the logits' sum).
   """
-  model = nnx.merge(graphdef, params, batch_stats)
-  groups = batch["image"] if isinstance(batch["image"], tuple) else (batch["image"],)
+  groups = images if isinstance(images, tuple) else (images,)
   if flip:
-    groups = tuple(jnp.concatenate([images, images[:, :, :, ::-1]], axis=1) for images in groups)
+    groups = tuple(jnp.concatenate([views, views[:, :, :, ::-1]], axis=1) for views in groups)
   outputs = []
-  for images in groups:
-    logits = model(normalize(images.reshape(-1, *images.shape[2:])))
-    outputs.append((jax.nn.softmax(logits) if average == "probabilities" else logits).reshape(*images.shape[:2], -1))
+  for views in groups:
+    logits = model(normalize(views.reshape(-1, *views.shape[2:])))
+    outputs.append((jax.nn.softmax(logits) if average == "probabilities" else logits).reshape(*views.shape[:2], -1))
   scores = jnp.concatenate(outputs, axis=1).mean(axis=1)
-  if average == "logits":
-    scores = jax.nn.softmax(scores)
+  return jax.nn.softmax(scores) if average == "logits" else scores
+
+
+def ensemble_eval_step(members: tuple, batch: dict, *, graphdefs: tuple, normalize: Callable[[jax.Array], jax.Array],
+                       flip: bool = False, average: str = "probabilities") -> dict:
+  """Sums over the real (mask = 1) examples of one global batch, each example scored by its
+  `member_scores` averaged over the networks `members` ((params, batch_stats) each, with their
+  `graphdefs`): Table 5's ensemble, the plain mean of the members' softmax scores. One member is
+  the network alone, bit for bit."""
+  scores = sum(member_scores(nnx.merge(graphdef, params, batch_stats), batch["image"], normalize=normalize,
+                             flip=flip, average=average)
+               for graphdef, (params, batch_stats) in zip(graphdefs, members, strict=True)) / len(members)
   mask, labels = batch["mask"], batch["label"]
   loss = -jnp.log(jnp.take_along_axis(scores, labels[:, None], axis=1)[:, 0] + 1e-12)
   return {
@@ -51,9 +59,14 @@ def eval_step(params: Any, batch_stats: Any, batch: dict, *, graphdef: nnx.Graph
   }
 
 
-# One jitted function for the whole process: with the (hashable) graphdef and normaliser static,
+def eval_step(params: Any, batch_stats: Any, batch: dict, *, graphdef: nnx.GraphDef, **options) -> dict:
+  """`ensemble_eval_step` of one network."""
+  return ensemble_eval_step(((params, batch_stats),), batch, graphdefs=(graphdef,), **options)
+
+
+# One jitted function for the whole process: with the (hashable) graphdefs and normaliser static,
 # every periodic evaluation of a run reuses the first one's compilation.
-_compiled_eval_step = jax.jit(eval_step, static_argnames=("graphdef", "normalize", "flip", "average"))
+_compiled_eval_step = jax.jit(ensemble_eval_step, static_argnames=("graphdefs", "normalize", "flip", "average"))
 
 
 TOP5_CLASSES = 5  # with at most this many classes, top-5 is 100% by construction
@@ -63,14 +76,22 @@ def evaluate(experiment: Any, params: Any, batch_stats: Any, split: str | None =
   """Scores a whole eval split (default: the config's `data.eval_split`); returns accuracies,
   errors (in %), the mean loss and the count scored. A network of 5 classes or fewer has no top-5
   result: every label is among its top 5."""
+  return evaluate_ensemble(experiment, [(experiment.eval_graphdef, params, batch_stats)], split)
+
+
+def evaluate_ensemble(experiment: Any, members: Sequence[tuple[nnx.GraphDef, Any, Any]],
+                      split: str | None = None) -> dict[str, float]:
+  """`evaluate` with each example scored by the mean softmax of several networks (graphdef, params,
+  batch_stats), over the experiment's data and views."""
   data = experiment.config.data
-  step = functools.partial(_compiled_eval_step, graphdef=experiment.eval_graphdef,
+  step = functools.partial(_compiled_eval_step, graphdefs=tuple(m[0] for m in members),
                            normalize=experiment.data.normalize, flip=data.eval_flip, average=data.eval_average)
+  weights = tuple((params, batch_stats) for _, params, batch_stats in members)
   batches: Iterable[dict] = experiment.data.eval_batches(split)
   totals = {"count": 0.0, "loss": 0.0, "top1": 0.0, "top5": 0.0}
   pending = []
   for batch in sharding.prefetch_to_devices(batches, experiment.mesh):
-    pending.append(step(params, batch_stats, batch))
+    pending.append(step(weights, batch))
     if len(pending) >= MAX_STEPS_IN_FLIGHT:
       _accumulate(totals, fetch(pending))
       pending = []

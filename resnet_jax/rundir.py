@@ -108,11 +108,12 @@ def is_run(path: str | pathlib.Path) -> bool:
 def write_record(workdir: str | pathlib.Path, step: int, config: Any, results: dict, weights: str = "live",
                  checkpoint: str | None = None, final: bool = False, evaluation: str | None = None,
                  split: str | None = None, command: str | None = None, by: str = "train",
-                 run: Mapping | None = None) -> pathlib.Path:
+                 run: Mapping | None = None, ensemble: Sequence[Mapping] = ()) -> pathlib.Path:
   """Writes (on process 0) the record of one evaluation: what was scored (checkpoint, weights,
   protocol, split and, for one of `config.evals`, its name), by which command (`by`: 'train' or
   'evaluate'; `command`, default this process's), the run whose weights they are (`run`: its
-  workdir, data and history), the numbers, where and when; `final` marks the end of a training run.
+  workdir, data and history) or, for an ensemble, every member (`ensemble`), the numbers, where and
+  when; `final` marks the end of a training run.
 
   A record is never replaced: a name already taken gets a number (`..._2.json`)."""
   import jax
@@ -124,6 +125,7 @@ def write_record(workdir: str | pathlib.Path, step: int, config: Any, results: d
       "evaluation": evaluation, "data": config.data.name, "checkpoint": checkpoint, "final": final, "by": by,
       "results": results, "command": command or command_line(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
       "hardware": hardware(), "run": dict(run or {}), "config": config.to_dict(),
+      **({"ensemble": [dict(member) for member in ensemble]} if ensemble else {}),
   }
   scored = evaluation if by == "train" else re.sub(r"[^\w.-]+", "_", evaluation or split).strip("_")
   name = f"{'' if by == 'train' else by + '_'}step_{step}_{weights}_{protocol}{'' if scored is None else '_' + scored}"

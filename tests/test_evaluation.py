@@ -46,3 +46,58 @@ def test_multiscale_scores_are_the_softmax_averaged_over_every_view_of_every_sca
   assert float(sums["top1"]) == np.sum((scores.argmax(1) == labels)[:3])
   expected_loss = -np.log(scores[np.arange(4), labels] + 1e-12)[:3].sum()
   assert float(sums["loss"]) == pytest.approx(expected_loss, rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+  """Two ResNet-8 runs on the digits that differ in their seed, 6 steps each."""
+  from runs import train_here
+  root = tmp_path_factory.mktemp("ensemble")
+  for seed in (0, 1):
+    train_here(root / f"seed{seed}", 6, f"--config.seed={seed}")
+  return root
+
+
+@pytest.mark.slow
+def test_an_ensemble_of_one_scores_as_the_network_alone(two_runs):
+  from runs import arguments
+
+  from resnet_jax import evaluate, rundir
+  [record] = evaluate.main([*arguments(two_runs / "alone", 6), f"--ensemble={two_runs / 'seed0'}"])
+  final = rundir.final_record(two_runs / "seed0")
+  assert record["results"] == final["results"]  # bit for bit: the same step, one member
+  assert record["weights"] == "ensemble" and record["step"] == 0 and record["by"] == "evaluate"
+  [member] = record["ensemble"]
+  assert member["step"] == 6 and member["checkpoint"].endswith("seed0/checkpoints/6")
+  assert member["network"].startswith("CIFAR ResNet-8")
+
+
+@pytest.mark.slow
+def test_an_ensemble_of_two_scores_their_averaged_softmax(two_runs, tmp_path):
+  """Against a hand computation: each network's softmax over the 1,000 test digits, averaged."""
+  from conftest import load_config
+  from runs import arguments
+
+  from resnet_jax import evaluate
+  from resnet_jax.checkpoint import network_of, network_weights
+  from resnet_jax.experiment import setup
+  from resnet_jax.tools.table import rows
+  members = [two_runs / "seed0", two_runs / "seed1" / "checkpoints" / "6"]
+  [record] = evaluate.main([*arguments(tmp_path, 6), f"--ensemble={','.join(map(str, members))}"])
+  experiment = setup(load_config("mnist_demo", "depth=8,batch=32,steps=6"))
+  images = np.concatenate([b["image"][b["mask"] == 1, 0] for b in experiment.data.eval_batches()])
+  labels = np.concatenate([b["label"][b["mask"] == 1] for b in experiment.data.eval_batches()])
+  normalized = experiment.data.normalize(images)
+  softmax = []
+  for member in members:
+    directory, _, model, config = network_of(str(member))
+    graphdef, params, stats = network_weights(directory, model, config)
+    softmax.append(np.asarray(jax.nn.softmax(nnx.merge(graphdef, params, stats)(normalized)), np.float64))
+  assert not np.allclose(softmax[0], softmax[1], atol=1e-3)  # two different networks
+  scores = (softmax[0] + softmax[1]) / 2
+  assert record["results"]["examples"] == 1000
+  assert record["results"]["top1"] == pytest.approx(100 * np.mean(scores.argmax(1) == labels), abs=1e-4)
+  assert record["results"]["loss"] == pytest.approx(np.mean(-np.log(scores[np.arange(1000), labels] + 1e-12)),
+                                                    rel=1e-5)
+  assert [m["step"] for m in record["ensemble"]] == [6, 6]
+  assert "ensemble of CIFAR ResNet-8" in rows([dict(record, workdir=str(tmp_path))])[2]

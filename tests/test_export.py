@@ -103,7 +103,7 @@ def test_the_export_command_writes_a_runs_weights_and_refuses_what_it_cannot(fak
   assert "load it with torchvision.models.resnet18" in capsys.readouterr().out
   with pytest.raises(ConfigError, match="exists; an export never replaces a file"):
     export.main([f"--workdir={run}", f"--output={tmp_path / 'live.safetensors'}"])
-  with pytest.raises(UserError, match="no checkpoint of step 3"):
+  with pytest.raises(UserError, match="checkpoints/3; the run.s newest is step 2"):
     export.main([f"--workdir={run}", f"--output={tmp_path / 'x.pth'}", "--step=3"])
   cifar = tmp_path / "cifar"
   main.main(arguments(cifar, 4))

@@ -96,38 +96,10 @@ def write_pth(state_dict: Mapping[str, np.ndarray], path: pathlib.Path) -> None:
   torch.save({name: torch.from_numpy(value.copy()) for name, value in state_dict.items()}, path)
 
 
-def _weights(workdir: str, config: Mapping, step: int | None, which: str) -> tuple[int, dict, dict]:
-  """(step, params, batch_stats) of a run's checkpoint: its live weights or its EMA's."""
-  from flax import nnx
-
-  from resnet_jax.checkpoint import restore_weights
-  from resnet_jax.models import build_model
-
-  steps = sorted(int(p.name) for p in (pathlib.Path(workdir) / rundir.CHECKPOINTS).glob("*") if p.name.isdigit())
-  if not steps:
-    raise UserError(f"no checkpoints in {workdir}; train first with python -m resnet_jax.main")
-  step = step or steps[-1]
-  if step not in steps:
-    raise UserError(f"no checkpoint of step {step} in {workdir}; it has steps {', '.join(map(str, steps))}")
-  model = nnx.eval_shape(lambda: build_model(config["model"]))
-  _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-  params, batch_stats = nnx.to_pure_dict(params), nnx.to_pure_dict(batch_stats)
-  directory = pathlib.Path(workdir) / rundir.CHECKPOINTS / str(step)
-  if which == "live":
-    weights = restore_weights(directory, {"params": params, "batch_stats": batch_stats})
-    return step, weights["params"], weights["batch_stats"]
-  if not config.get("ema_decay"):
-    raise UserError(f"the run in {workdir} keeps no EMA (ema_decay is 0); export --weights=live")
-  if config.get("ema_buffers"):
-    weights = restore_weights(directory, {"ema_params": {"params": params, "batch_stats": batch_stats}})
-    return step, weights["ema_params"]["params"], weights["ema_params"]["batch_stats"]
-  weights = restore_weights(directory, {"ema_params": params, "batch_stats": batch_stats})
-  return step, weights["ema_params"], weights["batch_stats"]
-
-
-def _normalization(config: Mapping) -> str:
-  """The input the network expects, in torchvision's terms where they apply."""
-  data = config.get("data", {})
+def _normalization(config: Mapping | None) -> str:
+  """The input the network expects, in torchvision's terms where they apply (a converted checkpoint:
+  torchvision's own)."""
+  data = config["data"] if config else {"source": "folder", "normalization": "channel_mean_std"}
   imagenet_statistics = data.get("source") == "folder" or str(data.get("name", "")).startswith("imagenet")
   if data.get("normalization") == "channel_mean_std" and imagenet_statistics:
     return ("RGB scaled to [0, 1], then torchvision's Normalize(mean=(0.485, 0.456, 0.406), "
@@ -136,7 +108,8 @@ def _normalization(config: Mapping) -> str:
 
 
 def define_flags(values: flags.FlagValues) -> None:
-  flags.DEFINE_string("workdir", None, "the run whose checkpoint to export", flag_values=values)
+  flags.DEFINE_string("workdir", None, "the run whose checkpoint to export (or a converted checkpoint)",
+                      flag_values=values)
   flags.DEFINE_string("output", None, "the file to write: NAME.pth (needs torch) or NAME.safetensors",
                       flag_values=values)
   flags.DEFINE_integer("step", None, "the checkpoint's step (default: the newest)", flag_values=values)
@@ -152,16 +125,17 @@ def main(argv: Sequence[str] | None = None) -> pathlib.Path:
     raise ConfigError(f"--output={args.output}: name a .pth or a .safetensors file")
   if output.exists():
     raise ConfigError(f"{output} exists; an export never replaces a file: choose another --output")
-  if not rundir.is_run(args.workdir):
-    raise UserError(f"{args.workdir} is not a run directory (no config.json); give the --workdir of a run")
-  config = rundir.read_config(args.workdir)
-  arch = torchvision_arch(config["model"])
-  step, params, batch_stats = _weights(args.workdir, config, args.step, args.weights)
+  from resnet_jax.checkpoint import network_of, network_weights
+
+  named = pathlib.Path(args.workdir) / rundir.CHECKPOINTS / str(args.step) if args.step else args.workdir
+  directory, step, model, config = network_of(str(named))
+  arch = torchvision_arch(model)
+  _, params, batch_stats = network_weights(directory, model, config, ema=args.weights == "ema")
   state_dict = export_state_dict(params, batch_stats)
   num_classes = state_dict["fc.bias"].shape[0]
-  description = {"run": str(pathlib.Path(args.workdir).absolute()), "step": step, "weights": args.weights,
+  description = {"checkpoint": str(directory), "step": step, "weights": args.weights,
                  "torchvision": f"torchvision.models.{arch}(num_classes={num_classes})",
-                 "input": _normalization(config), "model": config["model"],
+                 "input": _normalization(config), "model": model,
                  "command": rundir.command_line("resnet_jax.tools.export", argv)}
   output.parent.mkdir(parents=True, exist_ok=True)
   if output.suffix == ".pth":

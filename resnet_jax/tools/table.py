@@ -92,10 +92,12 @@ def rows(records: list[dict]) -> list[str]:
             "record", "command", "hardware"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for r in records:
-    paper = paper_numbers(r)
+    paper = None if r.get("ensemble") else paper_numbers(r)
     paper_text = "-" if paper is None else f"{paper[0]:.2f} / {'-' if paper[1] is None else f'{paper[1]:.2f}'} ({paper[2]})"
-    weights = "" if r["weights"] == "live" else f" ({r['weights']} weights)"
-    cells = [network(model_of(r)) + weights, f"{r['data']} ({r['split']})", r.get("protocol", "center"),
+    weights = "" if r["weights"] in ("live", "ensemble") else f" ({r['weights']} weights)"
+    name = (f"ensemble of {', '.join(m['network'] for m in r['ensemble'])}" if r.get("ensemble")
+            else network(model_of(r)) + weights)
+    cells = [name, f"{r['data']} ({r['split']})", r.get("protocol", "center"),
              f"{r['step']:,}", f"{r['results']['top1_error']:.2f}",
              f"{r['results']['top5_error']:.2f}" if "top5_error" in r["results"] else "-", paper_text, origin(r),
              f"`{r.get('command', '-')}`", hardware(r)]
