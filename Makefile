@@ -69,7 +69,8 @@ test-torch: $(STAMP)
 
 # launch/slurm.sbatch on a real one-node SLURM cluster that the tests start here (tests/slurm_cluster.py:
 # Debian's slurmctld, slurmd and munge, installed with apt-get where missing; no systemd), one job at a
-# time, so one pytest worker. Without root or apt-get the tests are skipped with one line saying why.
+# time, so one pytest worker. Without root, or where apt-get is missing or fails, they are skipped with
+# one line saying why.
 test-slurm: $(STAMP)
 	$(SAY_STACK)
 	RESNET_JAX_SLURM=1 $(PY) -m pytest -p no:xdist -m slurm tests/test_slurm.py

@@ -19,6 +19,10 @@ COMMANDS = ("slurmctld", "slurmd", "sbatch", "munged")
 CREDENTIAL_SECONDS = 5
 
 
+class InstallFailed(RuntimeError):
+  """The packages could not be installed (no package index reachable, say)."""
+
+
 def unavailable() -> str | None:
   """Why no cluster can be started here, or None."""
   if all(shutil.which(name) for name in COMMANDS):
@@ -37,10 +41,11 @@ def install() -> None:
   command = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES]
   env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
   if subprocess.run(command, env=env, capture_output=True).returncode != 0:
-    subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=True)
+    subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:
-      raise RuntimeError(f"apt-get install {' '.join(PACKAGES)} failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+      last = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:]
+      raise InstallFailed(f"apt-get install {' '.join(PACKAGES)} failed: {' '.join(last)}")
 
 
 def _free_port() -> int:
