@@ -119,8 +119,8 @@ def _evaluate_ensemble(args, argv: Sequence[str] | None) -> list[dict]:
   if not args.workdir:
     raise ConfigError("give --workdir: where the ensemble's record goes (WORKDIR/eval/)")
   named = [network_of(path) for path in args.ensemble]
-  first_run = next((rundir.run_of_checkpoint(str(d)) for d, _, _, config in named[:1] if config), None)
-  identity = rundir.read_identity(first_run) if first_run else None
+  first_directory, _, _, first_config = named[0]
+  identity = rundir.read_identity(rundir.run_of_checkpoint(str(first_directory))) if first_config else None
   config, experiment = _set_up(args, identity)
   members, described = [], []
   for path, (directory, step, model, run_config) in zip(args.ensemble, named, strict=True):

@@ -34,10 +34,11 @@ _SAFETENSORS_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float64): "F64",
 def torchvision_arch(model: Mapping) -> str:
   """torchvision's name for the network a model config describes; ConfigError where it has none."""
   depth, variant = model.get("depth"), model.get("variant", "v1")
+  if model.get("dataset", "imagenet") != "imagenet":
+    raise ConfigError(f"torchvision has no layout for this network: dataset={model.get('dataset')!r} "
+                      f"(torchvision's ResNets are the ImageNet ones)")
   expected_variant = "v1" if depth in (18, 34) else "v1.5"
   differences = [
-      *([f"dataset={model.get('dataset')!r} (torchvision's ResNets are the ImageNet ones)"]
-        if model.get("dataset", "imagenet") != "imagenet" else []),
       *(["plain=True (no shortcuts)"] if model.get("plain") else []),
       *([f"shortcut={model.get('shortcut')!r} (torchvision's are option B)"]
         if model.get("shortcut") not in (None, "B") else []),
