@@ -39,6 +39,7 @@ from resnet_jax.errors import CheckpointError, ConfigError, DiskFull, TrainingDi
 
 BEST_METRIC = "top1"
 MANIFEST = "manifest.sha256"
+PRECISE_BN_RECORD = "precise_bn.json"  # what a precise-BN checkpoint says of itself (tools/precise_bn.py)
 _MANIFEST_LINE = re.compile(r"([0-9a-f]{64})  (\S.*)")
 
 
@@ -196,9 +197,7 @@ class Checkpoints:
 
   def _reload_after_moving(self, moved: list[int]) -> None:
     if moved and not self.read_only:
-      if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices("resnet_jax: unreadable checkpoints moved")
+      _sync("resnet_jax: unreadable checkpoints moved")
       self.manager.reload()
 
   def close(self) -> None:
@@ -296,6 +295,35 @@ def restore_weights(directory: str | pathlib.Path, abstract_weights: dict) -> di
       item=abstract_weights, restore_args=restore_args, partial_restore=True))
 
 
+def save_weights(output: str | pathlib.Path, weights: dict, record_name: str, record: dict) -> pathlib.Path:
+  """Writes a weights-only checkpoint (`output/state`, what `evaluate --checkpoint` reads), the JSON
+  `record_name` saying what it is, and its manifest: whole or not at all. It is assembled in a hidden
+  directory beside `output` and renamed into place; an `output` that holds anything is never
+  replaced (FileExistsError). Every process calls it (Orbax's save is collective)."""
+  output = pathlib.Path(output).absolute()
+  if output.exists() and (not output.is_dir() or any(output.iterdir())):
+    raise FileExistsError(f"{output} exists; choose another --output or remove it")
+  temporary = output.with_name(f".{output.name}.partial")
+  if jax.process_index() == 0 and temporary.exists():
+    shutil.rmtree(temporary)  # what an interrupted attempt left; the output itself was never touched
+  _sync("resnet_jax: weights directory ready")
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(temporary / "state", weights)
+  checkpointer.wait_until_finished()
+  if jax.process_index() == 0:
+    (temporary / record_name).write_text(json.dumps(record, indent=2, default=str) + "\n")
+    write_manifest(temporary)
+    os.replace(temporary, output)  # onto a missing or empty directory
+  _sync("resnet_jax: weights written")
+  return output
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
 def _differences(saved: dict[str, tuple], wanted: dict[str, tuple], holder: str) -> list[str]:
   """'path: saved S, HOLDER has W' for every wanted array the saved shapes lack or disagree with."""
   return [f"{name}: saved {saved.get(name, 'nothing')}, {holder} has {shape}"
@@ -341,11 +369,17 @@ def weights_from_run(experiment: Any, workdir: str, step: int | None = None) -> 
 
 
 def weights_from_directory(experiment: Any, directory: str) -> tuple[int, list]:
-  """A run's checkpoints/STEP directory (its step is the name) or a converted one (step 0)."""
+  """A run's checkpoints/STEP directory (its step is the name), a precise-BN one (its source's step;
+  weights named `precise_bn`, or `ema_precise_bn` for the EMA's) or a converted one (step 0)."""
   abstract = experiment.abstract_state()
   weights = restore_weights(directory, {"params": abstract.params, "batch_stats": abstract.batch_stats})
+  scored = (weights["params"], weights["batch_stats"])
+  record = pathlib.Path(directory) / PRECISE_BN_RECORD
+  if record.exists():
+    made = json.loads(record.read_text())
+    return made["step"], [(f"{'' if made['weights'] == 'live' else made['weights'] + '_'}precise_bn", *scored)]
   name = pathlib.Path(directory).name
-  return (int(name) if name.isdigit() else 0), [("live", weights["params"], weights["batch_stats"])]
+  return (int(name) if name.isdigit() else 0), [("live", *scored)]
 
 
 class PreemptionWatch:
@@ -387,11 +421,17 @@ class PreemptionWatch:
 
 def network_of(path: str) -> tuple[pathlib.Path, int, dict, dict | None]:
   """(checkpoint directory, step, model config, the run's config or None) of what a user names as a
-  network: a run's directory (its newest checkpoint), a run's checkpoints/STEP, or a converted
-  checkpoint (tools/convert's output, which records its model)."""
+  network: a run's directory (its newest checkpoint), a run's checkpoints/STEP or precise_bn/NAME,
+  or a converted checkpoint (tools/convert's output, which records its model)."""
   location = pathlib.Path(path).absolute()
   whole_run = rundir.is_run(location)
   run = location if whole_run else rundir.run_of_checkpoint(str(location))
+  if run is not None and location.parent.name == rundir.PRECISE_BN:
+    if not (location / PRECISE_BN_RECORD).exists():
+      raise CheckpointError(f"{location} holds no precise-BN checkpoint (no {PRECISE_BN_RECORD}); "
+                            f"python -m resnet_jax.tools.precise_bn writes them")
+    config = rundir.read_config(run)
+    return location, json.loads((location / PRECISE_BN_RECORD).read_text())["step"], config["model"], config
   if run is not None:
     step = rundir.newest_checkpoint(run) if whole_run else int(location.name)
     if step is None:
@@ -423,6 +463,9 @@ def network_weights(directory: pathlib.Path, model: Any, run_config: dict | None
   if not ema:
     weights = restore_weights(directory, {"params": params, "batch_stats": batch_stats})
     return graphdef, weights["params"], weights["batch_stats"]
+  if (directory / PRECISE_BN_RECORD).exists():
+    raise CheckpointError(f"{directory} holds one network (its weights with precise BN statistics), no EMA "
+                          f"beside it; read it as it is (live weights)")
   if not (run_config or {}).get("ema_decay"):
     raise CheckpointError(f"{directory} holds no EMA (its run's ema_decay is 0); use its live weights")
   if run_config.get("ema_buffers"):

@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     raise ConfigError("give --workdir: a run's directory to score, or, with --checkpoint outside a run, where "
                       "the evaluation record goes (WORKDIR/eval/)")
   identity = rundir.read_identity(scored_run) if scored_run else None
-  config, experiment = _set_up(args, identity)
+  config, experiment = scoring_setup(args, identity, args.protocol)
   if args.checkpoint:
     step, scored = weights_from_directory(experiment, args.checkpoint)
   else:
@@ -86,16 +86,17 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
   return written
 
 
-def _set_up(args, identity: dict | None) -> tuple:
+def scoring_setup(args: flags.FlagValues, identity: dict | None, protocol: str | None = None) -> tuple:
   """(config, experiment) to score with: the scored run's config (`identity`, when there is one)
-  with this command's evaluation settings and protocol; starts the distributed runtime first."""
+  with the command's (`args`) evaluation settings and `protocol`; starts the distributed runtime
+  (its flags in `args`) first."""
   from resnet_jax import provenance
   from resnet_jax.config import resolve_data_name
   from resnet_jax.experiment import setup
 
-  if args.protocol:
+  if protocol:
     with args.config.unlocked():
-      args.config.data.eval_view = args.protocol
+      args.config.data.eval_view = protocol
   config = provenance.evaluation_config(identity, args.config)
   resolve_data_name(config)
   distributed.initialize(**distributed.flag_settings(args))
@@ -121,7 +122,7 @@ def _evaluate_ensemble(args, argv: Sequence[str] | None) -> list[dict]:
   named = [network_of(path) for path in args.ensemble]
   first_directory, _, _, first_config = named[0]
   identity = rundir.read_identity(rundir.run_of_checkpoint(str(first_directory))) if first_config else None
-  config, experiment = _set_up(args, identity)
+  config, experiment = scoring_setup(args, identity, args.protocol)
   members, described = [], []
   for path, (directory, step, model, run_config) in zip(args.ensemble, named, strict=True):
     network = ModelConfig.from_mapping(model)

@@ -4,6 +4,8 @@ name below is used through this module, so the layout is written down once:
   WORKDIR/
     checkpoints/STEP/        the Orbax checkpoints (checkpoint.py)
     unreadable_checkpoints/  checkpoints a restore found damaged, moved aside for inspection
+    precise_bn/NAME/         a checkpoint's weights with recomputed BN statistics (tools/precise_bn.py),
+                             new checkpoints beside the originals, each saying what made it
     run.json                 the run's identity: its config and data at the first start, and the
                              history of what a resume changed (provenance.py)
     config.json              the run's whole config as it is now, with that history
@@ -31,6 +33,7 @@ from typing import Any
 
 CHECKPOINTS = "checkpoints"
 UNREADABLE_CHECKPOINTS = "unreadable_checkpoints"
+PRECISE_BN = "precise_bn"
 CONFIG = "config.json"
 IDENTITY = "run.json"
 METRICS = "metrics.jsonl"
@@ -185,9 +188,11 @@ def newest_checkpoint(workdir: str | pathlib.Path) -> int | None:
 
 
 def run_of_checkpoint(directory: str) -> str | None:
-  """The run a `WORKDIR/checkpoints/STEP` directory belongs to, where its records go; None otherwise."""
+  """The run a `WORKDIR/checkpoints/STEP` or `WORKDIR/precise_bn/NAME` directory belongs to, where
+  its records go; None otherwise."""
   path = pathlib.Path(directory).absolute()
-  return str(path.parent.parent) if path.parent.name == CHECKPOINTS and path.name.isdigit() else None
+  in_run = path.parent.name == CHECKPOINTS and path.name.isdigit() or path.parent.name == PRECISE_BN
+  return str(path.parent.parent) if in_run else None
 
 
 def command_line(module: str | None = None, argv: Sequence[str] | None = None) -> str:

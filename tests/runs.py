@@ -84,9 +84,13 @@ def saved_steps(workdir):
 
 def read_state(workdir, step=None):
   """A checkpoint's train state on this process's one device, whatever device count wrote it."""
+  return read_item(pathlib.Path(workdir).absolute() / "checkpoints" / str(step or saved_steps(workdir)[-1]) / "state")
+
+
+def read_item(path):
+  """An Orbax item directory's arrays on this process's one device, whatever device count wrote them."""
   import jax
   import orbax.checkpoint as ocp
-  path = pathlib.Path(workdir).absolute() / "checkpoints" / str(step or saved_steps(workdir)[-1]) / "state"
   checkpointer = ocp.StandardCheckpointer()
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),

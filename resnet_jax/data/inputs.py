@@ -38,6 +38,9 @@ class Inputs:
   # Every example of an eval split once, padded and masked (None: the config's data.eval_split).
   eval_batches: Callable[[str | None], Iterator[dict[str, np.ndarray]]]
   normalize: Normalizer  # uint8 images to the network's inputs, inside the jitted steps
+  # The training split under the eval transform (one center view, no augmentation), shuffled by a
+  # seed, in global batches of a given size, endlessly: what precise BN averages its statistics over.
+  train_eval_view: Callable[[int, int], Iterator[dict[str, np.ndarray]]] | None = None
   # What the data is, for the run's identity (provenance.py): source, resolved location, classes, and
   # per split its size and a hash of its examples (empty for stand-ins, e.g. the benchmark's).
   fingerprint: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -219,6 +222,7 @@ def _in_memory_inputs(config: Any) -> Inputs:
                                       augment=settings["augmentation"][d.augmentation](d), step=step),
       eval_batches=lambda split=None: eval_batches(evals[split or d.eval_split], config.eval_batch_size),
       normalize=settings["normalization"][d.normalization](train_split.images),
+      train_eval_view=lambda batch, seed: TrainBatches(train_split, batch, seed=seed),
       fingerprint=fingerprint,
   )
 
@@ -262,6 +266,12 @@ def _streamed_inputs(config: Any) -> Inputs:
     return streamed.eval_stream(eval_sources[split], config.eval_batch_size, lambda b: augment.quantize(views(b)),
                                 groups=groups, **process)
 
+  center = streamed.views_function("center", d.eval_resize, eval_crop(d), resampler=d.eval_resampler)
+
+  def train_eval_view(batch: int, seed: int) -> Iterator[dict[str, np.ndarray]]:
+    one_view = lambda image_bytes, example_seed: {"image": augment.quantize(center(image_bytes))[0]}
+    return streamed.train_stream(train_source, batch, one_view, seed=seed, **process)
+
   return Inputs(
       num_train=len(train_source), channels=3, num_classes=train_source.num_classes,
       train=lambda step: streamed.train_stream(
@@ -269,6 +279,7 @@ def _streamed_inputs(config: Any) -> Inputs:
           repeats=d.augment_repeats, **process),
       eval_batches=eval_stream,
       normalize=settings["normalization"][d.normalization](),
+      train_eval_view=train_eval_view,
       fingerprint={**_base_fingerprint(d), "classes": list(train_source.classes),
                    "splits": {source.split: source.fingerprint() for source in [train_source, *scored]}},
   )

@@ -10,7 +10,6 @@ placement; convolutions pad k//2 on both sides in both. Needs torch (`pip instal
 is read with `weights_only=True`, so it cannot run code.
 """
 
-import json
 import pathlib
 from collections.abc import Mapping, Sequence
 
@@ -19,6 +18,7 @@ import numpy as np
 from absl import flags
 
 from resnet_jax import cli
+from resnet_jax.checkpoint import save_weights
 from resnet_jax.errors import ConfigError, UserError
 
 ARCHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101, "resnet152": 152}
@@ -114,21 +114,6 @@ def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
   return {k: v.detach().float().numpy() for k, v in loaded.items() if hasattr(v, "numpy")}
 
 
-def save(weights: dict, output: str | pathlib.Path, description: dict) -> pathlib.Path:
-  """Writes the weights as `output/state` (what `evaluate --checkpoint=output` reads)."""
-  import orbax.checkpoint as ocp
-
-  output = pathlib.Path(output).absolute()
-  if (output / "state").exists():
-    raise FileExistsError(f"{output / 'state'} exists; choose another --output or remove it")
-  output.mkdir(parents=True, exist_ok=True)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(output / "state", weights)
-  checkpointer.wait_until_finished()
-  (output / "converted.json").write_text(json.dumps(description, indent=2) + "\n")
-  return output
-
-
 def define_flags(values: flags.FlagValues) -> None:
   flags.DEFINE_enum("arch", None, list(ARCHS), "torchvision architecture", flag_values=values)
   flags.DEFINE_string("input", None, "a torchvision state dict (.pth)", flag_values=values)
@@ -147,8 +132,9 @@ def main(argv: Sequence[str] | None = None) -> pathlib.Path:
     config = model_config(args.arch)
     variant = f",variant={config['variant']}" if config["variant"] != "v1" else ""
     evaluate_config = f"configs/imagenet.py:depth={config['depth']}{variant}"
-    output = save(weights, args.output, {"source": "torchvision", "arch": args.arch, "input": args.input,
-                                         "model": config, "evaluate_config": evaluate_config})
+    output = save_weights(args.output, weights, "converted.json", {
+        "source": "torchvision", "arch": args.arch, "input": args.input, "model": config,
+        "evaluate_config": evaluate_config})
   except (ValueError, FileExistsError, FileNotFoundError) as error:
     raise ConfigError(str(error)) from None
   print(f"wrote {output}; score it with:\n  python -m resnet_jax.evaluate --config={evaluate_config} "

@@ -57,6 +57,14 @@ def find_runs(paths: list[str]) -> list[pathlib.Path]:
   return runs
 
 
+def depth_colours(depths: list[int]) -> dict[int, tuple]:
+  """One colour per depth, shallow to deep along viridis (its yellow end left out: too pale)."""
+  import matplotlib.pyplot as plt
+
+  colours = plt.get_cmap("viridis")
+  return {depth: colours(i / max(1, len(depths) - 1) * 0.85) for i, depth in enumerate(depths)}
+
+
 def draw(curves: list[Curves], title: str | None = None, ymax: float | None = None):
   """The figure: one panel, or plain | ResNet panels sharing the error axis."""
   import matplotlib
@@ -66,11 +74,10 @@ def draw(curves: list[Curves], title: str | None = None, ymax: float | None = No
   groups = [[c for c in curves if c.model.plain], [c for c in curves if not c.model.plain]]
   groups = [g for g in groups if g]
   figure, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.5), sharey=True, squeeze=False)
-  depths = sorted({c.model.depth for c in curves})
-  colours = plt.get_cmap("viridis")
+  colours = depth_colours(sorted({c.model.depth for c in curves}))
   for axis, group in zip(axes[0], groups):
     for c in sorted(group, key=lambda c: c.model.depth):
-      colour = colours(depths.index(c.model.depth) / max(1, len(depths) - 1) * 0.85)
+      colour = colours[c.model.depth]
       axis.plot(*c.train, linestyle="--", color=colour, linewidth=1)
       axis.plot(*c.test, linestyle="-", color=colour, linewidth=2, label=c.model.name)
     axis.set_title("plain networks" if group[0].model.plain else "ResNets")

@@ -87,6 +87,10 @@ def hardware(record: dict) -> str:
   return f"{h['devices']} x {h['device_kind']}"
 
 
+# How the table names weights other than the live ones (tools/precise_bn.py makes the last two).
+WEIGHTS = {"ema": "EMA weights", "precise_bn": "precise BN", "ema_precise_bn": "EMA weights, precise BN"}
+
+
 def rows(records: list[dict]) -> list[str]:
   header = ["network", "data (split)", "protocol", "steps", "top-1 err %", "top-5 err %", "paper top-1 / top-5 err %",
             "record", "command", "hardware"]
@@ -94,7 +98,7 @@ def rows(records: list[dict]) -> list[str]:
   for r in records:
     paper = None if r.get("ensemble") else paper_numbers(r)
     paper_text = "-" if paper is None else f"{paper[0]:.2f} / {'-' if paper[1] is None else f'{paper[1]:.2f}'} ({paper[2]})"
-    weights = "" if r["weights"] in ("live", "ensemble") else f" ({r['weights']} weights)"
+    weights = "" if r["weights"] in ("live", "ensemble") else f" ({WEIGHTS.get(r['weights'], r['weights'] + ' weights')})"
     name = (f"ensemble of {', '.join(m['network'] for m in r['ensemble'])}" if r.get("ensemble")
             else network(model_of(r)) + weights)
     cells = [name, f"{r['data']} ({r['split']})", r.get("protocol", "center"),
