@@ -31,12 +31,20 @@ Train views: Sec. 3.4's scale augmentation [256, 480], 224 crop, flip, PCA light
 crop after resizing to 256; the paper's Table 3 protocol is --config.data.eval_view=10crop, Table
 4's is --config.data.eval_view=multiscale (the whole image and its mirror at shorter sides
 224/256/384/480/640; use a small --config.eval_batch_size, e.g. 64).
+Evaluation sets beside the validation set (arguments of every ImageNet config; each adds a named
+evaluation, scored by the trainer and by evaluate, recorded per set): imagenet_v2=FOLDER (ImageNet-V2
+as shipped, class folders 0..999) or imagenet_v2=tfds:DATA_DIR (its tfds build); real=REAL_JSON (the
+validation images against the ReaL labels, top-1, images without labels left out); imagenet_a=FOLDER,
+imagenet_r=FOLDER (synset folders, scored among their own 200 classes). E.g.
+  python -m resnet_jax.evaluate --config=configs/imagenet.py:depth=50,real=/data/real.json,imagenet_v2=/data/v2 \
+      --workdir=runs/imagenet_resnet50 --config.data.data_dir=/data/imagenet
 """
 
-from resnet_jax.config import base_config, imagenet_data, parse_arguments
+from resnet_jax.config import EVAL_SET_ARGUMENTS, base_config, eval_sets_of, imagenet_data, parse_arguments
 
 DEFAULTS = dict(depth=50, shortcut="B", plain=False, variant="v1", batch=256, epochs=90, dtype="float32",
-                source="folder")
+                source="folder",
+                **EVAL_SET_ARGUMENTS)
 
 
 def get_config(argument: str | None = None):
@@ -53,4 +61,5 @@ def get_config(argument: str | None = None):
   c.schedule.update(dict(unit="epochs", boundaries=(30.0, 60.0)))
   c.eval_every_epochs = 1.0
   c.checkpoint_every_steps = 5_000
+  c.evals.update(eval_sets_of(args))
   return c

@@ -42,9 +42,10 @@ Where ours differs, and why:
   separately: --config.model.bn_group_size=512 reproduces that.
 """
 
-from resnet_jax.config import base_config, imagenet_data, parse_arguments
+from resnet_jax.config import EVAL_SET_ARGUMENTS, base_config, eval_sets_of, imagenet_data, parse_arguments
 
-DEFAULTS = dict(depth=50, epochs=16, batch=0, dtype="float32", source="folder")
+DEFAULTS = dict(depth=50, epochs=16, batch=0, dtype="float32", source="folder",
+                **EVAL_SET_ARGUMENTS)
 # FFCV's resolution ramp (start_ramp, end_ramp) in epochs, the same for both depths.
 RAMPS = {16: (11, 13), 24: (17, 20), 32: (23, 27), 40: (29, 34), 56: (41, 48), 88: (65, 76)}
 # depth: (global batch, peak learning rate at it, weight decay)
@@ -76,4 +77,5 @@ def get_config(argument: str | None = None):
   c.schedule.warmup_lr = c.schedule.get_ref("learning_rate") * 1e-4
   c.eval_every_epochs = 1.0
   c.checkpoint_every_steps = 2_000
+  c.evals.update(eval_sets_of(args))
   return c

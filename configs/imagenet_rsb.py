@@ -37,9 +37,10 @@ Where ours differs, and why:
   copies are neighbours in the global batch rather than on different GPUs.
 """
 
-from resnet_jax.config import base_config, imagenet_data, parse_arguments
+from resnet_jax.config import EVAL_SET_ARGUMENTS, base_config, eval_sets_of, imagenet_data, parse_arguments
 
-DEFAULTS = dict(procedure="a3", depth=50, batch=2048, dtype="float32", source="folder")
+DEFAULTS = dict(procedure="a3", depth=50, batch=2048, dtype="float32", source="folder",
+                **EVAL_SET_ARGUMENTS)
 # procedure: (epochs, train crop, learning rate, weight decay, RandAugment, mixup alpha, label smoothing,
 # drop path rate, augmentation repeats)
 PROCEDURES = {
@@ -73,4 +74,5 @@ def get_config(argument: str | None = None):
                          min_lr=1e-6, cosine_from_start=True, change_every="epoch"))
   c.eval_every_epochs = 1.0
   c.checkpoint_every_steps = 2_000
+  c.evals.update(eval_sets_of(args))
   return c

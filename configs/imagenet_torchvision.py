@@ -37,9 +37,10 @@ Where ours differs, and why:
   are neighbours in the same global batch (the index-based order, resumable to the step).
 """
 
-from resnet_jax.config import base_config, imagenet_data, parse_arguments
+from resnet_jax.config import EVAL_SET_ARGUMENTS, base_config, eval_sets_of, imagenet_data, parse_arguments
 
-DEFAULTS = dict(depth=50, epochs=600, batch=1024, dtype="float32", source="folder")
+DEFAULTS = dict(depth=50, epochs=600, batch=1024, dtype="float32", source="folder",
+                **EVAL_SET_ARGUMENTS)
 EMA_DECAY, EMA_EVERY = 0.99998, 32  # torchvision's --model-ema-decay and --model-ema-steps
 
 
@@ -65,4 +66,5 @@ def get_config(argument: str | None = None):
   c.ema_every_steps, c.ema_buffers, c.ema_copy_epochs = EMA_EVERY, True, 5
   c.eval_every_epochs = 1.0
   c.checkpoint_every_steps = 2_000
+  c.evals.update(eval_sets_of(args))
   return c

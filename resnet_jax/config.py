@@ -149,14 +149,95 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"bce_target_threshold={config.bce_target_threshold} applies to loss='binary_cross_entropy'; "
                       f"loss={config.loss!r}")
   for name, split in config.evals.items():
-    if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or not isinstance(split, str) or not split:
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or not (isinstance(split, str) and split
+                                                          or isinstance(split, ml_collections.ConfigDict)):
       raise ConfigError(f"evals.{name}={split!r} is invalid: each named evaluation is a lower-case name "
-                        f"(letters, digits, _) mapped to a split, e.g. c.evals.test = 'test'")
+                        f"(letters, digits, _) mapped to a split, e.g. c.evals.test = 'test', or to a set "
+                        f"from another source (config.eval_set(...))")
+    if isinstance(split, ml_collections.ConfigDict):
+      _check_eval_set(name, split)
 
 
 def evaluations(config: ml_collections.ConfigDict) -> dict[str | None, str]:
-  """Each evaluation a run makes, name -> split: the config's eval split (None), then `evals`."""
-  return {None: config.data.eval_split, **config.evals}
+  """Each evaluation a run makes, name -> what it scores: the config's eval split (None), then
+  `evals`: a split of the run's data, or for a set from another source its description
+  (`eval_set_description`), which names it in the records."""
+  return {None: config.data.eval_split, **{name: spec if isinstance(spec, str) else eval_set_description(spec, config)
+                                           for name, spec in config.evals.items()}}
+
+
+# A named evaluation on a set from another source than the training data (data/eval_sets.py reads it).
+EVAL_SET_FIELDS = dict(
+    source="",  # 'folder' or 'tfds'; '' = the run's own data (ReaL: its eval split, other labels)
+    data_dir="",  # folder: the directory holding the split's folder; tfds: the data directory of its build
+    name="",  # tfds: the data set, e.g. 'imagenet_v2'
+    split="",  # folder: the folder of class folders under data_dir ('' = data_dir itself); tfds: its split
+    classes="names",  # folder: 'names' (folders named as the training classes, e.g. synsets) or 'index' (0..K-1)
+    subset=False,  # score among the set's own classes only, the other logits left out (ImageNet-A/R)
+    real_labels="",  # ReaL's real.json: each validation image's set of correct labels, by file number
+)
+
+
+def eval_set(**fields) -> ml_collections.ConfigDict:
+  """A named evaluation's settings for a set from another source: `EVAL_SET_FIELDS` with `fields`."""
+  unknown = sorted(set(fields) - set(EVAL_SET_FIELDS))
+  if unknown:
+    raise ConfigError(f"unknown evaluation set field(s) {', '.join(unknown)}; valid: {', '.join(EVAL_SET_FIELDS)}")
+  return ml_collections.ConfigDict({**EVAL_SET_FIELDS, **fields})
+
+
+def _check_eval_set(name: str, spec: ml_collections.ConfigDict) -> None:
+  problem = None
+  if set(spec) != set(EVAL_SET_FIELDS):
+    problem = f"its fields must be {', '.join(EVAL_SET_FIELDS)}"
+  elif spec.source not in ("", "folder", "tfds"):
+    problem = "source must be 'folder', 'tfds' or '' (the run's own data)"
+  elif spec.source and not spec.data_dir:
+    problem = f"a {spec.source} set needs its data_dir"
+  elif spec.source == "tfds" and not (spec.name and spec.split):
+    problem = "a tfds set needs its name and split"
+  elif spec.classes not in ("names", "index"):
+    problem = "classes must be 'names' (folders named as the training classes) or 'index' (0..K-1)"
+  elif not spec.source and not spec.real_labels:
+    problem = "a set of the run's own data scores it with other labels: give real_labels (ReaL's real.json)"
+  elif spec.real_labels and spec.subset:
+    problem = "ReaL label sets are over all classes: leave subset off"
+  elif spec.subset and spec.source != "folder":
+    problem = "a class subset is read from a folder of class folders named as the training classes (source='folder')"
+  if problem:
+    raise ConfigError(f"evals.{name} is invalid: {problem}")
+
+
+def eval_set_description(spec: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> str:
+  """How records and logs name a set from another source: what it is and where it was read."""
+  if spec.real_labels:
+    return f"{spec.split or config.data.eval_split} with ReaL labels"
+  where = f"tfds {spec.name} {spec.split}" if spec.source == "tfds" else str(pathlib.Path(spec.data_dir, spec.split))
+  return where + (", among its own classes" if spec.subset else "")
+
+
+# The ImageNet configs' arguments that add the evaluation sets researchers report beside the
+# validation set; each is off when empty.
+EVAL_SET_ARGUMENTS = dict(imagenet_v2="", real="", imagenet_a="", imagenet_r="")
+
+
+def eval_sets_of(args: dict) -> dict[str, ml_collections.ConfigDict]:
+  """The named evaluations the `EVAL_SET_ARGUMENTS` given ask for:
+  imagenet_v2=FOLDER (its class folders 0..999) or imagenet_v2=tfds:DATA_DIR (the tfds imagenet_v2
+  build's test split); real=REAL_JSON (the eval split scored against the ReaL labels);
+  imagenet_a=FOLDER, imagenet_r=FOLDER (their synset folders, scored among their 200 classes)."""
+  sets = {}
+  v2 = args["imagenet_v2"]
+  if v2.startswith("tfds:"):
+    sets["imagenet_v2"] = eval_set(source="tfds", data_dir=v2.removeprefix("tfds:"), name="imagenet_v2", split="test")
+  elif v2:
+    sets["imagenet_v2"] = eval_set(source="folder", data_dir=v2, classes="index")
+  if args["real"]:
+    sets["real"] = eval_set(real_labels=args["real"])
+  for name in ("imagenet_a", "imagenet_r"):
+    if args[name]:
+      sets[name] = eval_set(source="folder", data_dir=args[name], subset=True)
+  return sets
 
 
 def resolve_data_name(config: ml_collections.ConfigDict) -> None:

@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
   from resnet_jax import provenance
   from resnet_jax.checkpoint import weights_from_directory, weights_from_run
   from resnet_jax.config import evaluations
-  from resnet_jax.evaluation import describe, evaluate
+  from resnet_jax.evaluation import describe, evaluate, set_description
 
   if args.ensemble:
     return _evaluate_ensemble(args, argv)
@@ -75,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
       try:
         path = rundir.write_record(workdir, step, config, results, weights, checkpoint=args.checkpoint,
                                    evaluation=evaluation, split=split, by="evaluate", run=run,
+                                   source=set_description(experiment, split),
                                    command=rundir.command_line("resnet_jax.evaluate", argv))
       except OSError as error:
         raise RecordError(f"the score above is not recorded: cannot write to {pathlib.Path(workdir) / rundir.EVAL} "
@@ -111,7 +112,7 @@ def _evaluate_ensemble(args, argv: Sequence[str] | None) -> list[dict]:
   from resnet_jax import sharding
   from resnet_jax.checkpoint import network_of, network_weights
   from resnet_jax.config import evaluations
-  from resnet_jax.evaluation import describe, evaluate_ensemble
+  from resnet_jax.evaluation import describe, evaluate_ensemble, set_description
   from resnet_jax.models import ModelConfig
 
   if args.checkpoint or args.step is not None:
@@ -142,7 +143,7 @@ def _evaluate_ensemble(args, argv: Sequence[str] | None) -> list[dict]:
       print(f"ensemble of {len(members)} ({', '.join(m['network'] for m in described)}), {config.data.name} "
             f"{split}, {config.data.eval_view} protocol: {describe(results)}", flush=True)
     path = rundir.write_record(args.workdir, 0, config, results, "ensemble", evaluation=evaluation, split=split,
-                               by="evaluate", ensemble=described,
+                               by="evaluate", ensemble=described, source=set_description(experiment, split),
                                command=rundir.command_line("resnet_jax.evaluate", argv))
     written.append(rundir.read_record(path) if jax.process_index() == 0 else None)
     if jax.process_index() == 0:

@@ -111,12 +111,13 @@ def is_run(path: str | pathlib.Path) -> bool:
 def write_record(workdir: str | pathlib.Path, step: int, config: Any, results: dict, weights: str = "live",
                  checkpoint: str | None = None, final: bool = False, evaluation: str | None = None,
                  split: str | None = None, command: str | None = None, by: str = "train",
-                 run: Mapping | None = None, ensemble: Sequence[Mapping] = ()) -> pathlib.Path:
+                 run: Mapping | None = None, ensemble: Sequence[Mapping] = (),
+                 source: Mapping | None = None) -> pathlib.Path:
   """Writes (on process 0) the record of one evaluation: what was scored (checkpoint, weights,
   protocol, split and, for one of `config.evals`, its name), by which command (`by`: 'train' or
   'evaluate'; `command`, default this process's), the run whose weights they are (`run`: its
-  workdir, data and history) or, for an ensemble, every member (`ensemble`), the numbers, where and
-  when; `final` marks the end of a training run.
+  workdir, data and history) or, for an ensemble, every member (`ensemble`), for a set from another
+  source what it is (`source`), the numbers, where and when; `final` marks the end of a training run.
 
   A record is never replaced: a name already taken gets a number (`..._2.json`)."""
   import jax
@@ -129,6 +130,7 @@ def write_record(workdir: str | pathlib.Path, step: int, config: Any, results: d
       "results": results, "command": command or command_line(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
       "hardware": hardware(), "run": dict(run or {}), "config": config.to_dict(),
       **({"ensemble": [dict(member) for member in ensemble]} if ensemble else {}),
+      **({"source": dict(source)} if source else {}),
   }
   scored = evaluation if by == "train" else re.sub(r"[^\w.-]+", "_", evaluation or split).strip("_")
   name = f"{'' if by == 'train' else by + '_'}step_{step}_{weights}_{protocol}{'' if scored is None else '_' + scored}"

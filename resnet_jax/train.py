@@ -17,7 +17,7 @@ from resnet_jax import provenance, rundir, sharding
 from resnet_jax.checkpoint import DIVERGED_FIX, Checkpoints, PreemptionWatch, disk_full_error
 from resnet_jax.config import evaluations, resolve_data_name
 from resnet_jax.errors import ConfigError, TrainingDiverged, disk_full
-from resnet_jax.evaluation import describe, evaluate
+from resnet_jax.evaluation import describe, evaluate, set_description
 from resnet_jax.experiment import setup
 from resnet_jax.lock import WorkdirLock
 from resnet_jax.reporting import MAX_STEPS_IN_FLIGHT, Reporter, fetch
@@ -177,7 +177,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, command: str | None,
     for (evaluation, weights), results in scored.items():
       run = provenance.run_summary(workdir, identity, splits[evaluation])
       path = rundir.write_record(workdir, total, config, results, weights, final=True, evaluation=evaluation,
-                                 split=splits[evaluation], command=command, run=run)
+                                 split=splits[evaluation], command=command, run=run,
+                                 source=set_description(experiment, splits[evaluation]))
       if jax.process_index() == 0 and weights == "live":
         print(f"final ({total} steps), {config.data.name} {splits[evaluation]}: {describe(results)}")
     if jax.process_index() == 0:

@@ -13,8 +13,8 @@ from runs import ROOT
 
 from resnet_jax.errors import ConfigError
 
-COMMANDS = {"train", "evaluate", "benchmark", "sweep", "plot", "table", "convert", "export", "summary", "prepare",
-            "scan"}
+COMMANDS = {"train", "evaluate", "benchmark", "sweep", "plot", "table", "convert", "export", "precise-bn", "responses",
+            "summary", "prepare", "scan"}
 
 
 def scripts() -> dict[str, str]:

@@ -41,6 +41,8 @@ class Inputs:
   # The training split under the eval transform (one center view, no augmentation), shuffled by a
   # seed, in global batches of a given size, endlessly: what precise BN averages its statistics over.
   train_eval_view: Callable[[int, int], Iterator[dict[str, np.ndarray]]] | None = None
+  # The named evaluations on sets from other sources, by their description: data/eval_sets.EvalSet.
+  eval_sets: dict[str, Any] = dataclasses.field(default_factory=dict)
   # What the data is, for the run's identity (provenance.py): source, resolved location, classes, and
   # per split its size and a hash of its examples (empty for stand-ins, e.g. the benchmark's).
   fingerprint: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -181,8 +183,15 @@ EVAL_AVERAGES = ("probabilities", "logits")
 
 
 def eval_splits(config: Any) -> list[str]:
-  """The splits a run scores, each once: its eval split, then each named evaluation's."""
-  return list(dict.fromkeys(config_lib.evaluations(config).values()))
+  """The splits of its own data a run scores, each once: its eval split, then each named
+  evaluation's (the sets from other sources are `other_sets`)."""
+  return list(dict.fromkeys([config.data.eval_split, *(s for s in config.evals.values() if isinstance(s, str))]))
+
+
+def other_sets(config: Any) -> dict[str, Any]:
+  """The named evaluations on sets from other sources, by the description that names them."""
+  return {config_lib.eval_set_description(spec, config): spec for spec in config.evals.values()
+          if not isinstance(spec, str)}
 
 
 def make_inputs(config: Any) -> Inputs:
@@ -209,6 +218,9 @@ def _array_fingerprint(split: ArraySplit) -> dict[str, Any]:
 
 def _in_memory_inputs(config: Any) -> Inputs:
   d = config.data
+  if other_sets(config):
+    raise ConfigError(f"evaluation sets from other sources (config.evals: {', '.join(other_sets(config))}) are read "
+                      f"as streamed images; {d.name} is {_KIND_DESCRIPTION['in memory']}")
   settings = SETTINGS["in memory"]
   data_dir = d.data_dir or None
   train_split = load_split(d.source, d.name, d.train_split, data_dir)
@@ -248,12 +260,17 @@ def _streamed_inputs(config: Any) -> Inputs:
   d = config.data
   settings = SETTINGS["streamed"]
   exclude = streamed.read_exclusions(d.exclude_file)
+  from resnet_jax.data import eval_sets
+
   train_source, *scored = stream_sources(config, exclude)
   eval_sources = dict(zip(eval_splits(config), scored))
+  sets = {key: eval_sets.load(spec, config, train_source) for key, spec in other_sets(config).items()}
+  eval_sources.update({key: source for key, (source, _) in sets.items()})
+  sets = {key: how for key, (_, how) in sets.items()}
   unused = exclude - train_source.excluded - set().union(*(s.excluded for s in scored))
   if unused:
     logging.warning("%d id(s) of data.exclude_file=%s match no example of the %s split(s), e.g. %s",
-                    len(unused), d.exclude_file, ", ".join([d.train_split, *eval_sources]), sorted(unused)[0])
+                    len(unused), d.exclude_file, ", ".join([d.train_split, *eval_splits(config)]), sorted(unused)[0])
   train_augment = settings["augmentation"][d.augmentation](d)
   views = streamed.views_function(d.eval_view, d.eval_resize, eval_crop(d), d.eval_scales, d.eval_resampler)
   # Multi-scale batches group images by shape: read every header once, at a split's first evaluation.
@@ -263,8 +280,9 @@ def _streamed_inputs(config: Any) -> Inputs:
   def eval_stream(split: str | None = None) -> Iterator[dict[str, np.ndarray]]:
     split = split or d.eval_split
     groups = shape_groups(split) if d.eval_view == "multiscale" else None
+    label_sets = sets[split].label_sets if split in sets else None
     return streamed.eval_stream(eval_sources[split], config.eval_batch_size, lambda b: augment.quantize(views(b)),
-                                groups=groups, **process)
+                                groups=groups, label_sets=label_sets, **process)
 
   center = streamed.views_function("center", d.eval_resize, eval_crop(d), resampler=d.eval_resampler)
 
@@ -280,6 +298,7 @@ def _streamed_inputs(config: Any) -> Inputs:
       eval_batches=eval_stream,
       normalize=settings["normalization"][d.normalization](),
       train_eval_view=train_eval_view,
+      eval_sets=sets,
       fingerprint={**_base_fingerprint(d), "classes": list(train_source.classes),
                    "splits": {source.split: source.fingerprint() for source in [train_source, *scored]}},
   )

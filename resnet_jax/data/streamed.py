@@ -109,6 +109,9 @@ class Source(Protocol):
   def describe(self, index: int) -> str:
     """The example as a user finds it (a path, a tfds record)."""
 
+  def file_name(self, index: int) -> str:
+    """The example's image file name (ImageNet-ReaL's labels are by validation file number)."""
+
 
 class FolderSource:
   """Images in `root/<split>/<class>/*.JPEG`: class k is the k-th folder name of the train split's
@@ -123,14 +126,16 @@ class FolderSource:
   """
 
   def __init__(self, root: str, split: str, *, classes_from: str = "train", label_file: str | None = None,
-               exclude: set[str] = frozenset()):
+               exclude: set[str] = frozenset(), classes: Sequence[str] | None = None):
     if not root:
       raise ConfigError(f"set --config.data.data_dir to the folder that holds {classes_from}/ and the eval split's "
                         f"folder (ImageNet: train/ and val/)")
     base = pathlib.Path(root)
     self.root, self.split = base, split
     train = base / classes_from
-    classes = sorted(p.name for p in train.iterdir() if _visible(p) and p.is_dir()) if train.is_dir() else []
+    if classes is None:  # (given: another set's classes, e.g. ImageNet-V2's or ImageNet-R's folders named as ours)
+      classes = sorted(p.name for p in train.iterdir() if _visible(p) and p.is_dir()) if train.is_dir() else []
+    classes = list(classes)
     folder = base / split
     if not folder.is_dir():
       raise DatasetNotPrepared(
@@ -194,6 +199,9 @@ class FolderSource:
   def example_id(self, index: int) -> str:
     return self.ids[index]
 
+  def file_name(self, index: int) -> str:
+    return pathlib.Path(self.paths[index]).name
+
   def reader(self) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
     paths, labels = tf.constant(self.paths), tf.constant(self.labels)
     return lambda i: (tf.io.read_file(tf.gather(paths, i)), tf.gather(labels, i))
@@ -238,10 +246,13 @@ class TfdsSource:
   def example_id(self, index: int) -> str:
     return f"{self.split}[{self.indices[index]}]"
 
+  def file_name(self, index: int) -> str:
+    """The record's original file name (ImageNet's builds keep it); '' without one."""
+    name = self.records[int(self.indices[index])].get("file_name", b"")
+    return name.decode() if isinstance(name, bytes) else str(name)
+
   def describe(self, index: int) -> str:
-    record = self.records[int(self.indices[index])]
-    file_name = record.get("file_name", b"")
-    file_name = file_name.decode() if isinstance(file_name, bytes) else str(file_name)
+    file_name = self.file_name(index)
     return f"record {self.example_id(index)} of tfds {self.name}" + (f" ({file_name})" if file_name else "")
 
   def read(self, index: int) -> tuple[bytes, np.int32]:
@@ -357,12 +368,14 @@ def eval_stream(
     views: Callable[[tf.Tensor], tf.Tensor | tuple[tf.Tensor, ...]],
     *,
     groups: np.ndarray | None = None,
+    label_sets: np.ndarray | None = None,
     process_index: int = 0,
     process_count: int = 1,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Every example once across all processes: each group's last global batch is padded (with a
   repeat of its last example), `mask` marks the real examples. `views(image_bytes)` returns
-  (V, H, W, C), e.g. 1 center crop or 10 crops, or a tuple of such (one per scale).
+  (V, H, W, C), e.g. 1 center crop or 10 crops, or a tuple of such (one per scale). `label_sets`
+  (examples, K) adds each example's row as `label_set` (ImageNet-ReaL's correct labels).
 
   `groups` (an int per example, e.g. from `shape_groups`) puts examples whose views differ in
   shape in separate batches. An image that cannot be decoded ends the stream with a DataError
@@ -373,10 +386,12 @@ def eval_stream(
   local = share.stop - share.start
   indices, mask = indices[:, share].ravel(), mask[:, share].ravel()
   read = source.reader()
+  sets = None if label_sets is None else tf.constant(label_sets)
 
   def example(index, real):
     image_bytes, label = read(index)
-    return {"image": views(image_bytes), "label": label, "mask": real}
+    fields = {"image": views(image_bytes), "label": label, "mask": real}
+    return fields if sets is None else {**fields, "label_set": tf.gather(sets, index)}
 
   dataset = tf.data.Dataset.from_tensor_slices((indices, mask))
   dataset = dataset.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
