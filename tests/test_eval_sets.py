@@ -143,3 +143,21 @@ def test_evaluate_records_each_set_and_the_table_shows_them(fake_imagenet, other
   table.main([str(run)])
   printed = capsys.readouterr().out
   assert "(val with ReaL labels)" in printed and f"({other_sets / 'subset'}, among its own classes)" in printed
+
+
+def test_a_tfds_set_and_real_labels_on_a_tfds_build_read_as_the_folder_does(fake_imagenet, tmp_path):
+  """The fake ImageNet's tfds build as a set from another source (its validation split) holds the
+  folder's labels; ReaL's sets are found by the records' file names as by the folder's."""
+  from resnet_jax.data.eval_sets import load
+  from resnet_jax.data.streamed import FolderSource
+
+  config = _config(fake_imagenet)
+  train = FolderSource(str(fake_imagenet / "folder"), "train")
+  (tmp_path / "real.json").write_text(json.dumps([[1], [2, 3], [], [4], [5]]))
+  tfds_set = eval_set(source="tfds", data_dir=str(fake_imagenet / "tfds"), name="imagenet2012", split="validation",
+                      real_labels=str(tmp_path / "real.json"))
+  source, how = load(tfds_set, config, train)
+  folder, folder_how = load(eval_set(real_labels=str(tmp_path / "real.json")), config, train)
+  by_name = {source.file_name(i): (source.read(i)[1], how.label_sets[i].tolist()) for i in range(len(source))}
+  assert by_name == {folder.file_name(i): (folder.labels[i], folder_how.label_sets[i].tolist()) for i in range(5)}
+  assert how.description["source"] == "tfds" and how.description["scored"] == 4
