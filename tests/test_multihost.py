@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 import pytest
-from runs import ROOT, command, environment, leaves, losses, metrics, read_state, saved_steps, train
+from runs import ROOT, command, environment, leaves, losses, metrics, read_item, read_state, saved_steps, train
 
 from resnet_jax.distributed import initialize_arguments
 
@@ -35,12 +35,12 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def launch_two_processes(workdir, steps, *overrides, timeout=400, before_waiting=None):
-  """launch/local_multiprocess.sh with 2 processes x 4 CPU devices; `before_waiting(script)` can act
-  on the running script."""
-  env = dict(os.environ, PORT=str(free_port()), DEVICES_PER_PROCESS="4")
+def launch_two_processes(workdir, steps, *overrides, timeout=400, before_waiting=None, module="resnet_jax.main"):
+  """launch/local_multiprocess.sh with 2 processes x 4 CPU devices running `module`;
+  `before_waiting(script)` can act on the running script."""
+  env = dict(os.environ, PORT=str(free_port()), DEVICES_PER_PROCESS="4", MODULE=module)
   env.pop("XLA_FLAGS", None)
-  flags = command("resnet_jax.main", workdir, steps, *overrides)[3:]
+  flags = command(module, workdir, steps, *overrides)[3:]
   script = subprocess.Popen(["bash", "launch/local_multiprocess.sh", "2", *flags], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
   try:
@@ -111,6 +111,19 @@ def test_eval_over_two_processes_scores_every_example_once(runs):
   assert record["examples"] == 1000
   assert record["top1"] == in_run["eval/top1"] and record["top5"] == in_run["eval/top5"]
   assert record["loss"] == pytest.approx(in_run["eval/loss"], rel=1e-5)
+
+
+def test_precise_bn_over_two_processes_equals_one_process_over_as_many_devices(runs, tmp_path):
+  """Each process reads its slice of every global batch; the statistics are over the whole batch."""
+  code, output = launch_two_processes(runs["two"], STEPS, "--batches=4", f"--output={tmp_path / 'two'}",
+                                      module="resnet_jax.tools.precise_bn")
+  assert code == 0, output[-4000:]
+  one = train(runs["two"], STEPS, "--batches=4", f"--output={tmp_path / 'one'}", devices=8,
+              module="resnet_jax.tools.precise_bn")
+  assert one.returncode == 0, one.stderr[-4000:]
+  record = json.loads((tmp_path / "two" / "precise_bn.json").read_text())
+  assert (record["hardware"]["processes"], record["hardware"]["devices"]) == (2, 8)
+  assert max_difference(read_item(tmp_path / "two" / "state"), read_item(tmp_path / "one" / "state")) <= TOLERANCE
 
 
 def test_checkpoint_from_two_processes_resumes_in_one_process(runs, tmp_path):
