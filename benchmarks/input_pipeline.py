@@ -1,18 +1,23 @@
 """Input-pipeline throughput: train and eval images/s per CPU core on ImageNet-sized JPEGs.
 
-  .venv/bin/python benchmarks/input_pipeline.py [--images=256] [--batches=30]
+  .venv/bin/python benchmarks/input_pipeline.py [--images=256] [--batches=30] [--torch_python=.venv-3.11/bin/python]
 
 Makes its own JPEG folder (500x375, ImageNet's median size, ~110 KB at quality 90 of smooth noise),
 then times, in one run: a plain baseline (full decode, resize the shorter side to 256, center
 crop 224), the paper's and the Inception train pipelines (bilinear resize of the crop, the default,
 and antialiased), the fast (FFCV) recipe's at its two sizes, torchvision's and RSB's with their
-TrivialAugment / RandAugment ops, and the center, 10-crop and multi-scale eval views.
+TrivialAugment / RandAugment ops, and the center, 10-crop and multi-scale eval views. With
+--torch_python (an interpreter with torch and torchvision), torchvision's DataLoader over the same
+folder follows in the same run, as its references build it: PIL decode, RandomResizedCrop + flip
+(and TrivialAugment-Wide + RandomErasing for its new recipe at 176), Resize + CenterCrop for eval,
+with as many worker processes as cores, batch for batch the same sizes.
 """
 
 import functools
 import json
 import os
 import pathlib
+import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
@@ -48,6 +53,47 @@ def define_flags(values: flags.FlagValues) -> None:
   flags.DEFINE_integer("images", 256, "JPEGs to make", flag_values=values)
   flags.DEFINE_integer("batches", 30, "batches timed per pipeline", flag_values=values)
   flags.DEFINE_integer("batch", 64, "images a batch", flag_values=values)
+  flags.DEFINE_string("torch_python", None, "an interpreter with torch and torchvision: time its DataLoader too",
+                      flag_values=values)
+
+
+# torchvision's side, run by --torch_python (which has nothing of ours): its reference transforms.
+TORCHVISION_WORKER = """
+import json, sys, time
+import torch, torchvision
+from torchvision import datasets, transforms as T
+root, batch, batches, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+tensor = [T.PILToTensor(), T.ConvertImageDtype(torch.float)]
+pipelines = {
+    "train: RandomResizedCrop 224 + flip": T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), *tensor]),
+    "train: torchvision recipe at 176 (+ TA-Wide, erasing)": T.Compose([
+        T.RandomResizedCrop(176), T.RandomHorizontalFlip(), T.TrivialAugmentWide(), *tensor, T.RandomErasing(0.1)]),
+    "eval: Resize 256 + CenterCrop 224": T.Compose([T.Resize(256), T.CenterCrop(224), *tensor]),
+}
+rates = {}
+for name, transform in pipelines.items():
+    loader = torch.utils.data.DataLoader(datasets.ImageFolder(root, transform), batch_size=batch, shuffle=True,
+                                         num_workers=workers, persistent_workers=True, drop_last=True)
+    def endless():
+        while True:
+            yield from loader
+    stream = endless()
+    next(stream)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(stream)
+    rates[name] = batches * batch / (time.perf_counter() - start)
+print(json.dumps({"torchvision": torchvision.__version__, "images_per_s": rates}))
+"""
+
+
+def torchvision_rates(python: str, root: pathlib.Path, batch: int, batches: int, workers: int) -> dict:
+  """torchvision's DataLoader images/s per pipeline, in a process of `python`."""
+  finished = subprocess.run([python, "-c", TORCHVISION_WORKER, str(root), str(batch), str(batches), str(workers)],
+                            capture_output=True, text=True)
+  if finished.returncode:
+    raise SystemExit(f"error: the torchvision worker failed: {finished.stderr.strip().splitlines()[-1:]}")
+  return json.loads(finished.stdout.strip().splitlines()[-1])
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -92,7 +138,23 @@ def main(argv: Sequence[str] | None = None) -> dict:
       images_per_s = rates[name] = rate(make(function), args.batches, args.batch)
       base = base or images_per_s
       print(f"{name:{width}s} {images_per_s:10.0f} {images_per_s / cores:10.0f} {images_per_s / base:11.2f}x")
+    torch_side = torchvision_rates(args.torch_python, root / "train", args.batch, args.batches, cores) if (
+        args.torch_python) else None
   result = {"cores": cores, "batch": args.batch, "images_per_s": rates}
+  if torch_side:
+    print(f"torchvision {torch_side['torchvision']} DataLoader, {cores} worker processes:")
+    for name, images_per_s in torch_side["images_per_s"].items():
+      print(f"{name:{width}s} {images_per_s:10.0f} {images_per_s / cores:10.0f} {images_per_s / base:11.2f}x")
+    ours = {"train: RandomResizedCrop 224 + flip": rates["train: inception (random-resized crop, flip)"],
+            "train: torchvision recipe at 176 (+ TA-Wide, erasing)":
+                rates["train: torchvision recipe at 176 px (+ TA-Wide, erasing)"],
+            "eval: Resize 256 + CenterCrop 224": rates["eval: center crop"]}
+    ratios = {name: ours[name] / rate_ for name, rate_ in torch_side["images_per_s"].items()}
+    crop = "train: RandomResizedCrop 224 + flip"  # torchvision's resize is antialiased; ours is by default not
+    ratios[f"{crop}, ours antialiased too"] = rates["train: inception, antialiased resize"] / torch_side["images_per_s"][crop]
+    result["torchvision"] = {**torch_side, "ours_over_torchvision": ratios}
+    for name, ratio in result["torchvision"]["ours_over_torchvision"].items():
+      print(f"ours / torchvision, {name}: {ratio:.2f}x")
   print(json.dumps(result))
   return result
 

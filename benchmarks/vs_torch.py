@@ -13,6 +13,7 @@ sets them. Ours: configs/imagenet.py's train step on a synthetic uint8 batch alr
 
 import argparse
 import json
+import os
 import pathlib
 import statistics
 import subprocess
@@ -46,7 +47,7 @@ def jax_worker(depth: int, batch: int, size: int, steps: int, warmup: int) -> No
     times, state = time_steps(compiled, state, lambda: data, 0, steps)
     return times
 
-  serve(round_times, f"jax {jax.__version__} ({jax.default_backend()})")
+  serve(round_times, f"jax {jax.__version__} ({jax.default_backend()})", xla_flags=os.environ.get("XLA_FLAGS", ""))
 
 
 def torch_worker(depth: int, batch: int, size: int, steps: int, warmup: int, channels_last: bool) -> None:
@@ -78,20 +79,22 @@ def torch_worker(depth: int, batch: int, size: int, steps: int, warmup: int, cha
   serve(lambda: step_times(steps), f"torch {torch.__version__}{' channels_last' if channels_last else ''}")
 
 
-def serve(round_times, name: str) -> None:
-  """A worker's loop: announce itself, then time one round per line read."""
-  print(json.dumps({"ready": name}), flush=True)
+def serve(round_times, name: str, **facts) -> None:
+  """A worker's loop: announce itself (with `facts`, e.g. the XLA flags it runs with), then time one
+  round per line read."""
+  print(json.dumps({"ready": name, **facts}), flush=True)
   for _ in sys.stdin:
     print(json.dumps({"times": round_times()}), flush=True)
 
 
-def start(kind: str, python: str, args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
+def start(kind: str, python: str, args: argparse.Namespace, channels_last: bool = False) -> tuple[subprocess.Popen, dict]:
+  """A worker process and what it announced: its name and facts."""
   command = [python, __file__, f"--worker={kind}", f"--depth={args.depth}", f"--batch={args.batch}",
              f"--image_size={args.image_size}", f"--steps={args.steps}", f"--warmup={args.warmup}"]
-  if args.channels_last:
+  if channels_last:
     command.append("--channels_last")
   process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-  return process, json.loads(_line(process, kind))["ready"]
+  return process, json.loads(_line(process, kind))
 
 
 def _line(process: subprocess.Popen, kind: str) -> str:
@@ -111,7 +114,7 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--rounds", type=int, default=3)
-  parser.add_argument("--channels_last", action="store_true")
+  parser.add_argument("--channels_last", action="store_true", help="also torch with channels_last tensors")
   parser.add_argument("--torch_python", default=sys.executable, help="an interpreter with torch")
   parser.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -120,25 +123,33 @@ def main() -> None:
   if args.worker == "torch":
     return torch_worker(args.depth, args.batch, args.image_size, args.steps, args.warmup, args.channels_last)
 
+  sys.path.insert(0, str(ROOT))
+  from resnet_jax.tools import cpu
+
   workers = {"ours": start("jax", sys.executable, args), "torch": start("torch", args.torch_python, args)}
+  if args.channels_last:
+    workers["torch_cl"] = start("torch", args.torch_python, args, channels_last=True)
+  machine = {**cpu.cpu_facts(), "xla_flags": workers["ours"][1]["xla_flags"]}
+  print(f"machine: {cpu.describe(machine)}", flush=True)
   rates = {name: [] for name in workers}
   for round_number in range(1, args.rounds + 1):
-    for name, (process, label) in workers.items():
+    for name, (process, ready) in workers.items():
       process.stdin.write("go\n")
       process.stdin.flush()
       times = json.loads(_line(process, name))["times"]
       rates[name].append(args.batch / statistics.median(times))
-      print(f"round {round_number}: {name:<5} {label:<34} {rates[name][-1]:7.2f} images/s", flush=True)
+      print(f"round {round_number}: {name:<8} {ready['ready']:<34} {rates[name][-1]:7.2f} images/s", flush=True)
   for process, _ in workers.values():
     process.stdin.close()
     process.wait()
   medians = {name: statistics.median(values) for name, values in rates.items()}
-  ratio = medians["ours"] / medians["torch"]
-  print(f"ResNet-{args.depth}, batch {args.batch}, {args.image_size} px, float32: ours {medians['ours']:.2f} "
-        f"images/s, torch {medians['torch']:.2f} images/s: ours/torch = {ratio:.2f}x")
-  print(json.dumps({"depth": args.depth, "batch": args.batch, "image_size": args.image_size,
-                    "frameworks": {name: label for name, (_, label) in workers.items()},
-                    "images_per_s": rates, "median": medians, "ratio": ratio}))
+  ratios = {f"ours/{name}": medians["ours"] / medians[name] for name in workers if name != "ours"}
+  print(f"ResNet-{args.depth}, batch {args.batch}, {args.image_size} px, float32: "
+        + ", ".join(f"{name} {rate:.2f} images/s" for name, rate in medians.items()) + "; "
+        + ", ".join(f"{name} = {ratio:.2f}x" for name, ratio in ratios.items()))
+  print(json.dumps({"depth": args.depth, "batch": args.batch, "image_size": args.image_size, "machine": machine,
+                    "frameworks": {name: ready["ready"] for name, (_, ready) in workers.items()},
+                    "images_per_s": rates, "median": medians, "ratios": ratios}))
 
 
 if __name__ == "__main__":

@@ -211,9 +211,10 @@ def hardware() -> dict[str, Any]:
   device = jax.devices()[0]
   description = {"platform": jax.default_backend(), "device_kind": device.device_kind,
                  "devices": jax.device_count(), "processes": jax.process_count(), "host": platform.node()}
-  if device.platform == "cpu":
-    cpuinfo = pathlib.Path("/proc/cpuinfo")
-    models = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
-              if line.startswith("model name")]
-    description.update(cpu=models[0] if models else platform.processor(), cores=os.cpu_count())
+  if device.platform == "cpu":  # the ISA and XLA's flags choose the kernels, and so the rounding
+    from resnet_jax.tools import cpu
+
+    facts = cpu.cpu_facts()
+    description.update(cpu=facts["cpu"] if facts["cpu"] != "unknown" else platform.processor(), cores=os.cpu_count(),
+                       isa=facts["isa"], xla_flags=facts["xla_flags"])
   return description

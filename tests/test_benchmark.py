@@ -42,6 +42,13 @@ def test_benchmark_reports_consistent_numbers_on_eight_devices_without_tensorflo
   ratio = report["train_gflops_per_image_xla"] / report["train_gflops_per_image_analytic"]
   assert 0.75 < ratio < 1.25
   assert report["mfu"] == pytest.approx(report["tflops_per_device"] / report["peak_tflops"])
+  # On a CPU it says what it ran on, and its peak is the CPU's, from the facts it states.
+  machine = report["machine"]
+  assert machine["xla_flags"].startswith("--xla_force_host_platform_device_count=8") and machine["cores"] >= 1
+  assert report["peak_tflops"] == pytest.approx(machine["cores"] * machine["clock_ghz"] * machine["float32_lanes"]
+                                                * 2 * machine["fma_units_assumed"] / 1e3)
+  assert report["peak_source"].startswith(f"float32 peak: {machine['cores']} cores x")
+  assert f"XLA_FLAGS={machine['xla_flags']}" in result.stdout and machine["cpu"] in result.stdout
   assert report["train_mb_accessed_per_image_xla"] > 0
   assert report["memory_bytes"] > 0 and report["input_images_per_s"] > 0 and report["fed_images_per_s"] > 0
   assert "MFU" in result.stdout and "bound by" in result.stdout
@@ -70,3 +77,51 @@ def test_largest_batch_is_the_last_that_fits_the_memory_limit():
   limit = tried[2] * 2
   found, tried = largest_batch(config, limit)
   assert found > 2 and tried[found] <= limit < tried[found + 1]  # both sides of the boundary tried
+
+
+def test_the_cpu_facts_are_read_from_cpuinfo(tmp_path, monkeypatch):
+  """An AVX-512 server and an AVX2 one: lanes, ISA list and peak from /proc/cpuinfo's lines."""
+  from resnet_jax.tools import cpu
+
+  for flags, lanes in (("fpu avx2 fma avx512f avx512bw avx512_bf16 amx_tile", 16), ("fpu avx2 fma", 8)):
+    monkeypatch.setattr(cpu, "cpuinfo", lambda: {"model name": "Some CPU", "cpu MHz": "2500.000", "flags": flags})
+    monkeypatch.setattr(cpu.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    facts = cpu.cpu_facts()
+    assert facts["float32_lanes"] == lanes and facts["isa"] == [f for f in cpu.ISA_FLAGS if f in flags.split()]
+    assert facts["peak_float32_tflops"] == pytest.approx(4 * 2.5 * lanes * 2 * 2 / 1e3)
+    assert "Some CPU, 4 cores at 2.50 GHz; avx2 fma" in cpu.describe(facts)
+
+
+@pytest.mark.torch
+def test_the_comparison_with_torch_states_its_machine_and_both_torch_layouts():
+  """benchmarks/vs_torch.py at toy size: ours, torch NCHW and torch channels_last take turns; the
+  JSON states the machine (CPU, ISA, the XLA flags our worker ran with) and both ratios."""
+  pytest.importorskip("torch")
+  result = subprocess.run(
+      [sys.executable, "benchmarks/vs_torch.py", "--depth=18", "--batch=2", "--image_size=32", "--steps=1",
+       "--warmup=0", "--rounds=1", "--channels_last"], cwd=ROOT, capture_output=True, text=True, timeout=400)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert set(report["frameworks"]) == {"ours", "torch", "torch_cl"} and "channels_last" in report["frameworks"]["torch_cl"]
+  assert set(report["ratios"]) == {"ours/torch", "ours/torch_cl"}
+  assert report["ratios"]["ours/torch"] == pytest.approx(report["median"]["ours"] / report["median"]["torch"])
+  assert "ynn_fusion_type" in report["machine"]["xla_flags"] and report["machine"]["cpu"] in result.stdout
+
+
+@pytest.mark.torch
+def test_the_input_benchmark_times_torchvisions_dataloader_beside_ours():
+  """benchmarks/input_pipeline.py at toy size with --torch_python: torchvision's three pipelines are
+  timed on the same folder and each has its ratio to ours."""
+  pytest.importorskip("torchvision")
+  result = subprocess.run(
+      [sys.executable, "benchmarks/input_pipeline.py", "--images=16", "--batches=2", "--batch=8",
+       f"--torch_python={sys.executable}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  torch_side = report["torchvision"]
+  assert set(torch_side["images_per_s"]) == {"train: RandomResizedCrop 224 + flip", "eval: Resize 256 + CenterCrop 224",
+                                             "train: torchvision recipe at 176 (+ TA-Wide, erasing)"}
+  crop = "train: RandomResizedCrop 224 + flip"
+  assert torch_side["ours_over_torchvision"][crop] == pytest.approx(
+      report["images_per_s"]["train: inception (random-resized crop, flip)"] / torch_side["images_per_s"][crop])
+  assert "DataLoader, " in result.stdout

@@ -30,6 +30,7 @@ def test_records_name_what_was_scored_and_the_final_live_one_marks_the_run_finis
   named = json.loads(test.read_text())
   assert (named["split"], named["evaluation"], named["data"]) == ("test", "test", "cifar10")
   assert named["config"]["model"]["depth"] == 20 and named["hardware"]["platform"] == "cpu"
+  assert "xla_flags" in named["hardware"] and isinstance(named["hardware"]["isa"], list)
   assert [path.name for path, _ in rundir.records(tmp_path)] == [
       "step_6_live_center.json", "step_8_ema_center.json", "step_8_live_center.json", "step_8_live_center_test.json"]
 

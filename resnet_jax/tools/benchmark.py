@@ -33,6 +33,7 @@ from resnet_jax.errors import ConfigError
 from resnet_jax.experiment import Experiment, setup
 from resnet_jax.models import build_model
 from resnet_jax.models.flops import module_macs
+from resnet_jax.tools import cpu
 from resnet_jax.train_step import compile_train_step
 
 # Dense peak TFLOP/s (bfloat16, and float32 matmuls as the device runs them: TF32 tensor cores on
@@ -50,10 +51,15 @@ PEAK_TFLOPS = (
 
 
 def peak_tflops(device: jax.Device, dtype: str) -> tuple[float, str]:
-  """The device's peak for `dtype` from the table, else a measured large-matmul rate."""
+  """The device's peak for `dtype` from the table; a CPU's float32 peak from its cores, clock and
+  vector width (tools/cpu.py); else a measured large-matmul rate."""
   for name, peaks in PEAK_TFLOPS:
     if name in device.device_kind:
       return peaks[dtype], f"{dtype} peak of {device.device_kind}"
+  if device.platform == "cpu" and dtype == "float32":
+    facts = cpu.cpu_facts()
+    if facts["peak_float32_tflops"]:
+      return facts["peak_float32_tflops"], cpu.peak_source(facts)
   return measured_matmul_tflops(jnp.dtype(dtype)), f"measured {dtype} matmul rate of {device.device_kind}"
 
 
@@ -193,6 +199,9 @@ def run(config: ml_collections.ConfigDict, steps: int, warmup: int, input_pipeli
       "memory_bytes": memory.get("peak_bytes_in_use") or memory_estimate(compiled),
       "memory_source": "device peak" if memory.get("peak_bytes_in_use") else "compiled step's estimate",
   }
+  if device.platform == "cpu":
+    result["machine"] = cpu.cpu_facts()
+    result["matmul_tflops_measured"] = measured_matmul_tflops(jnp.dtype(experiment.model_config.dtype))
   if input_pipeline:
     result.update(time_input(experiment, state, steps, warmup))
   return result
@@ -225,6 +234,8 @@ def format_report(r: dict[str, Any]) -> str:
   rows = [
       ("model", f"{r['model']}, {r['image_size']}x{r['image_size']}"),
       ("devices", f"{r['devices']} x {r['device']} ({r['platform']})"),
+      *([("machine", cpu.describe(r["machine"])),
+         ("matmul rate", f"{r['matmul_tflops_measured']:.3g} TFLOP/s measured (1024^2 matmuls)")] if "machine" in r else []),
       ("batch", f"{r['batch']} ({r['per_device_batch']} per device)"),
       ("compile", f"{r['compile_s']:.1f} s"),
       ("step time", f"{r['step_ms_median']:.1f} ms median (p10 {r['step_ms_p10']:.1f}, p90 {r['step_ms_p90']:.1f}; {r['steps']} steps)"),
