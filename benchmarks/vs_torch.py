@@ -1,5 +1,6 @@
 """Training speed beside PyTorch on this machine: our compiled train step against torchvision's ResNet
-trained by a plain torch loop, same network, batch and image size, float32.
+trained by a plain torch loop, same network, batch and image size, float32 (or --dtype=bfloat16: ours in
+bfloat16 beside torch's autocast).
 
   .venv/bin/python benchmarks/vs_torch.py --depth=50 --batch=8 [--torch_python=/venv-with-torch/bin/python]
 
@@ -23,7 +24,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def jax_worker(depth: int, batch: int, size: int, steps: int, warmup: int) -> None:
+def jax_worker(depth: int, batch: int, size: int, steps: int, warmup: int, dtype: str) -> None:
   import resnet_jax  # noqa: F401  (first: the CPU work-around on jaxlib 0.10)
   import importlib.util
 
@@ -35,7 +36,7 @@ def jax_worker(depth: int, batch: int, size: int, steps: int, warmup: int) -> No
   spec = importlib.util.spec_from_file_location("imagenet", ROOT / "configs/imagenet.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config(f"depth={depth},batch={batch},variant=v1.5")  # torchvision's network
+  config = module.get_config(f"depth={depth},batch={batch},variant=v1.5,dtype={dtype}")  # torchvision's network
   config.data.image_size = size
   experiment = setup(config, synthetic_inputs(config))
   state, data = experiment.initial_state(), synthetic_batch(experiment)
@@ -50,7 +51,7 @@ def jax_worker(depth: int, batch: int, size: int, steps: int, warmup: int) -> No
   serve(round_times, f"jax {jax.__version__} ({jax.default_backend()})", xla_flags=os.environ.get("XLA_FLAGS", ""))
 
 
-def torch_worker(depth: int, batch: int, size: int, steps: int, warmup: int, channels_last: bool) -> None:
+def torch_worker(depth: int, batch: int, size: int, steps: int, warmup: int, channels_last: bool, dtype: str) -> None:
   sys.path.insert(0, str(ROOT))
   import torch
   import torch.nn.functional as F
@@ -65,18 +66,24 @@ def torch_worker(depth: int, batch: int, size: int, steps: int, warmup: int, cha
     model, images = model.to(memory_format=torch.channels_last), images.to(memory_format=torch.channels_last)
   optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
 
+  # bfloat16 as torch's recipes train in it: autocast over float32 weights.
+  autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
   def step_times(count: int) -> list[float]:
     times = []
     for _ in range(count):
       start = time.perf_counter()
       optimizer.zero_grad(set_to_none=True)
-      F.cross_entropy(model(images), labels).backward()
+      with autocast:
+        loss = F.cross_entropy(model(images), labels)
+      loss.backward()
       optimizer.step()
       times.append(time.perf_counter() - start)
     return times
 
   step_times(warmup)
-  serve(lambda: step_times(steps), f"torch {torch.__version__}{' channels_last' if channels_last else ''}")
+  serve(lambda: step_times(steps), f"torch {torch.__version__}{' channels_last' if channels_last else ''}"
+                                   f"{' autocast' if dtype == 'bfloat16' else ''}")
 
 
 def serve(round_times, name: str, **facts) -> None:
@@ -90,7 +97,7 @@ def serve(round_times, name: str, **facts) -> None:
 def start(kind: str, python: str, args: argparse.Namespace, channels_last: bool = False) -> tuple[subprocess.Popen, dict]:
   """A worker process and what it announced: its name and facts."""
   command = [python, __file__, f"--worker={kind}", f"--depth={args.depth}", f"--batch={args.batch}",
-             f"--image_size={args.image_size}", f"--steps={args.steps}", f"--warmup={args.warmup}"]
+             f"--image_size={args.image_size}", f"--steps={args.steps}", f"--warmup={args.warmup}", f"--dtype={args.dtype}"]
   if channels_last:
     command.append("--channels_last")
   process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -115,13 +122,16 @@ def main() -> None:
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--channels_last", action="store_true", help="also torch with channels_last tensors")
+  parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                      help="bfloat16: our bfloat16 computation beside torch's autocast")
   parser.add_argument("--torch_python", default=sys.executable, help="an interpreter with torch")
   parser.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker == "jax":
-    return jax_worker(args.depth, args.batch, args.image_size, args.steps, args.warmup)
+    return jax_worker(args.depth, args.batch, args.image_size, args.steps, args.warmup, args.dtype)
   if args.worker == "torch":
-    return torch_worker(args.depth, args.batch, args.image_size, args.steps, args.warmup, args.channels_last)
+    return torch_worker(args.depth, args.batch, args.image_size, args.steps, args.warmup, args.channels_last,
+                        args.dtype)
 
   sys.path.insert(0, str(ROOT))
   from resnet_jax.tools import cpu
@@ -144,10 +154,11 @@ def main() -> None:
     process.wait()
   medians = {name: statistics.median(values) for name, values in rates.items()}
   ratios = {f"ours/{name}": medians["ours"] / medians[name] for name in workers if name != "ours"}
-  print(f"ResNet-{args.depth}, batch {args.batch}, {args.image_size} px, float32: "
+  print(f"ResNet-{args.depth}, batch {args.batch}, {args.image_size} px, {args.dtype}: "
         + ", ".join(f"{name} {rate:.2f} images/s" for name, rate in medians.items()) + "; "
         + ", ".join(f"{name} = {ratio:.2f}x" for name, ratio in ratios.items()))
-  print(json.dumps({"depth": args.depth, "batch": args.batch, "image_size": args.image_size, "machine": machine,
+  print(json.dumps({"depth": args.depth, "batch": args.batch, "image_size": args.image_size, "dtype": args.dtype,
+                    "machine": machine,
                     "frameworks": {name: ready["ready"] for name, (_, ready) in workers.items()},
                     "images_per_s": rates, "median": medians, "ratios": ratios}))
 

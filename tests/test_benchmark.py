@@ -93,16 +93,20 @@ def test_the_cpu_facts_are_read_from_cpuinfo(tmp_path, monkeypatch):
 
 
 @pytest.mark.torch
-def test_the_comparison_with_torch_states_its_machine_and_both_torch_layouts():
-  """benchmarks/vs_torch.py at toy size: ours, torch NCHW and torch channels_last take turns; the
-  JSON states the machine (CPU, ISA, the XLA flags our worker ran with) and both ratios."""
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_comparison_with_torch_states_its_machine_and_both_torch_layouts(dtype):
+  """benchmarks/vs_torch.py at toy size: ours, torch NCHW and torch channels_last take turns (in
+  bfloat16: ours computing in it, torch under autocast); the JSON states the machine (CPU, ISA, the
+  XLA flags our worker ran with) and both ratios."""
   pytest.importorskip("torch")
   result = subprocess.run(
       [sys.executable, "benchmarks/vs_torch.py", "--depth=18", "--batch=2", "--image_size=32", "--steps=1",
-       "--warmup=0", "--rounds=1", "--channels_last"], cwd=ROOT, capture_output=True, text=True, timeout=400)
+       "--warmup=0", "--rounds=1", "--channels_last", f"--dtype={dtype}"], cwd=ROOT, capture_output=True, text=True,
+      timeout=400)
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert set(report["frameworks"]) == {"ours", "torch", "torch_cl"} and "channels_last" in report["frameworks"]["torch_cl"]
+  assert report["dtype"] == dtype and ("autocast" in report["frameworks"]["torch"]) == (dtype == "bfloat16")
   assert set(report["ratios"]) == {"ours/torch", "ours/torch_cl"}
   assert report["ratios"]["ours/torch"] == pytest.approx(report["median"]["ours"] / report["median"]["torch"])
   assert "ynn_fusion_type" in report["machine"]["xla_flags"] and report["machine"]["cpu"] in result.stdout
