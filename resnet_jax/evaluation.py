@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from resnet_jax import sharding
-from resnet_jax.reporting import MAX_STEPS_IN_FLIGHT, fetch
+from resnet_jax.reporting import host_sum
 
 
 def correct_top_k(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
@@ -105,14 +105,8 @@ def evaluate_ensemble(experiment: Any, members: Sequence[tuple[nnx.GraphDef, Any
                            classes=other and other.classes)
   weights = tuple((params, batch_stats) for _, params, batch_stats in members)
   batches: Iterable[dict] = experiment.data.eval_batches(split)
-  totals = {"count": 0.0, "loss": 0.0, "top1": 0.0, "top5": 0.0}
-  pending = []
-  for batch in sharding.prefetch_to_devices(batches, experiment.mesh):
-    pending.append(step(weights, batch))
-    if len(pending) >= MAX_STEPS_IN_FLIGHT:
-      _accumulate(totals, fetch(pending))
-      pending = []
-  _accumulate(totals, fetch(pending))
+  sums = host_sum(step(weights, batch) for batch in sharding.prefetch_to_devices(batches, experiment.mesh))
+  totals = {name: float(value) for name, value in sums.items()}
   count = totals["count"]
   top1, top5 = 100 * totals["top1"] / count, 100 * totals["top5"] / count
   results = {"top1": top1, "top5": top5, "top1_error": 100 - top1, "top5_error": 100 - top5,
@@ -127,12 +121,6 @@ def set_description(experiment: Any, split: str) -> dict | None:
   """What a set from another source is (for its records); None for a split of the run's own data."""
   other = experiment.data.eval_sets.get(split)
   return other.description if other else None
-
-
-def _accumulate(totals: dict[str, float], sums: list[dict[str, float]]) -> None:
-  for s in sums:
-    for name in totals:
-      totals[name] += s[name]
 
 
 def describe(results: dict[str, float]) -> str:

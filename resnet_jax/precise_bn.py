@@ -12,6 +12,7 @@ BN), so the result does not depend on how many devices computed it.
 
 import dataclasses
 import functools
+import itertools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +23,8 @@ from flax import nnx
 
 from resnet_jax import sharding
 from resnet_jax.models import ModelConfig, build_model
-from resnet_jax.reporting import MAX_STEPS_IN_FLIGHT
+from resnet_jax.reporting import host_sum
+
 
 def statistics_graphdef(model_config: ModelConfig) -> nnx.GraphDef:
   """The network in training mode with BN momentum 0: after one call, each BN layer's running
@@ -51,25 +53,9 @@ def precise_statistics(experiment: Any, model_config: ModelConfig, params: Any, 
   `progress(done, seconds)` after each read-back."""
   step = functools.partial(_compiled_batch_statistics, graphdef=statistics_graphdef(model_config),
                            normalize=experiment.data.normalize)
-  stream = experiment.data.train_eval_view(batch_size, seed)
-  total, done, start = None, 0, time.monotonic()
-  pending = []
-
-  def accumulate(results: list) -> None:
-    nonlocal total, done
-    for statistics in results:
-      statistics = jax.tree.map(lambda value: np.asarray(value, np.float64), statistics)
-      total = statistics if total is None else jax.tree.map(np.add, total, statistics)
-    done += len(results)
-    if progress:
-      progress(done, time.monotonic() - start)
-
-  for number, batch in enumerate(sharding.prefetch_to_devices(stream, experiment.mesh)):
-    if number == batches:
-      break
-    pending.append(step(params, batch_stats, batch["image"]))
-    if len(pending) >= MAX_STEPS_IN_FLIGHT:
-      accumulate(jax.device_get(pending))
-      pending = []
-  accumulate(jax.device_get(pending))
+  stream = itertools.islice(experiment.data.train_eval_view(batch_size, seed), batches)
+  start = time.monotonic()
+  total = host_sum((step(params, batch_stats, batch["image"])
+                    for batch in sharding.prefetch_to_devices(stream, experiment.mesh)),
+                   progress=progress and (lambda done: progress(done, time.monotonic() - start)))
   return jax.tree.map(lambda value: (value / batches).astype(np.float32), total)

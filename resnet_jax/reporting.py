@@ -4,7 +4,8 @@ loops read metrics back from the devices."""
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -53,6 +54,31 @@ MAX_STEPS_IN_FLIGHT = 8
 def fetch(pending: list[dict]) -> list[dict[str, float]]:
   """Reads device metrics to the host, which bounds the steps in flight."""
   return [{k: float(np.asarray(v)) for k, v in m.items()} for m in jax.device_get(pending)]
+
+
+def host_sum(outputs: Iterable[Any], progress: Callable[[int], None] | None = None) -> Any:
+  """The sum, in float64 on the host, of the device pytrees `outputs` yields (one a step, e.g. an
+  eval batch's sums), read back every MAX_STEPS_IN_FLIGHT steps; `progress(steps read)` after each
+  read-back. None when there are none."""
+  total, done, pending = None, 0, []
+
+  def add(results: list) -> None:
+    nonlocal total, done
+    for tree in results:
+      tree = jax.tree.map(lambda value: np.asarray(value, np.float64), tree)
+      total = tree if total is None else jax.tree.map(np.add, total, tree)
+    done += len(results)
+    if progress:
+      progress(done)
+
+  for output in outputs:
+    pending.append(output)
+    if len(pending) >= MAX_STEPS_IN_FLIGHT:
+      add(jax.device_get(pending))
+      pending = []
+  if pending:
+    add(jax.device_get(pending))
+  return total
 
 
 def quiet_libraries() -> None:

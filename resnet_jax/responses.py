@@ -20,7 +20,7 @@ from flax import nnx
 from resnet_jax import sharding
 from resnet_jax.errors import ConfigError
 from resnet_jax.models import ModelConfig
-from resnet_jax.reporting import MAX_STEPS_IN_FLIGHT
+from resnet_jax.reporting import host_sum
 
 Path = tuple[str | int, ...]
 
@@ -70,21 +70,8 @@ def layer_responses(experiment: Any, graphdef: nnx.GraphDef, params: Any, batch_
   paths = tuple(response_layers(model, model_config))
   step = functools.partial(_compiled_response_sums, graphdef=graphdef, normalize=experiment.data.normalize,
                            paths=paths)
-  totals = None
-  pending = []
-
-  def accumulate(results: list) -> None:
-    nonlocal totals
-    for sums in results:
-      sums = jax.tree.map(lambda value: np.asarray(value, np.float64), sums)
-      totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
-
-  for batch in sharding.prefetch_to_devices(batches, experiment.mesh):
-    pending.append(step(params, batch_stats, batch))
-    if len(pending) >= MAX_STEPS_IN_FLIGHT:
-      accumulate(jax.device_get(pending))
-      pending = []
-  accumulate(jax.device_get(pending))
+  totals = host_sum(step(params, batch_stats, batch)
+                    for batch in sharding.prefetch_to_devices(batches, experiment.mesh))
   layers = []
   for index, (path, sums) in enumerate(zip(paths, totals, strict=True), start=1):
     count = sums["count"]

@@ -218,8 +218,9 @@ def _array_fingerprint(split: ArraySplit) -> dict[str, Any]:
 
 def _in_memory_inputs(config: Any) -> Inputs:
   d = config.data
-  if other_sets(config):
-    raise ConfigError(f"evaluation sets from other sources (config.evals: {', '.join(other_sets(config))}) are read "
+  others = other_sets(config)
+  if others:
+    raise ConfigError(f"evaluation sets from other sources (config.evals: {', '.join(others)}) are read "
                       f"as streamed images; {d.name} is {_KIND_DESCRIPTION['in memory']}")
   settings = SETTINGS["in memory"]
   data_dir = d.data_dir or None
