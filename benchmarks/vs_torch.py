@@ -10,6 +10,8 @@ interpreter that has it), compiles and warms up once, then they take turns: `--r
 images/s, the medians and the ratio ours / torch, then a JSON line. Torch's side: SGD momentum 0.9,
 weight decay 1e-4, cross-entropy, NCHW (and channels_last with --channels_last); threads as torch
 sets them. Ours: configs/imagenet.py's train step on a synthetic uint8 batch already on the device.
+`--profile` then profiles one more round on each side (`resnet_jax/tools/step_profile.py`) and prints
+the milliseconds a step each kind of work takes, in the same rows for both.
 """
 
 import argparse
@@ -32,6 +34,7 @@ def jax_worker(depth: int, batch: int, size: int, steps: int, warmup: int, dtype
 
   from resnet_jax.experiment import setup
   from resnet_jax.tools.benchmark import compile_step, synthetic_batch, synthetic_inputs, time_steps
+  from resnet_jax.tools.step_profile import profile_xla
 
   spec = importlib.util.spec_from_file_location("imagenet", ROOT / "configs/imagenet.py")
   module = importlib.util.module_from_spec(spec)
@@ -43,12 +46,13 @@ def jax_worker(depth: int, batch: int, size: int, steps: int, warmup: int, dtype
   compiled, _ = compile_step(experiment, state, data)
   _, state = time_steps(compiled, state, lambda: data, warmup, 0)
 
-  def round_times() -> list[float]:
+  def step_times(count: int) -> list[float]:
     nonlocal state  # the step donates it
-    times, state = time_steps(compiled, state, lambda: data, 0, steps)
+    times, state = time_steps(compiled, state, lambda: data, 0, count)
     return times
 
-  serve(round_times, f"jax {jax.__version__} ({jax.default_backend()})", xla_flags=os.environ.get("XLA_FLAGS", ""))
+  serve(lambda: step_times(steps), lambda: profile_xla(compiled, lambda n: sum(step_times(n)), steps),
+        f"jax {jax.__version__} ({jax.default_backend()})", xla_flags=os.environ.get("XLA_FLAGS", ""))
 
 
 def torch_worker(depth: int, batch: int, size: int, steps: int, warmup: int, channels_last: bool, dtype: str) -> None:
@@ -56,6 +60,7 @@ def torch_worker(depth: int, batch: int, size: int, steps: int, warmup: int, cha
   import torch
   import torch.nn.functional as F
 
+  from resnet_jax.tools.step_profile import profile_torch
   from resnet_jax.tools.torch_resnet import resnet
 
   torch.manual_seed(0)
@@ -82,16 +87,17 @@ def torch_worker(depth: int, batch: int, size: int, steps: int, warmup: int, cha
     return times
 
   step_times(warmup)
-  serve(lambda: step_times(steps), f"torch {torch.__version__}{' channels_last' if channels_last else ''}"
+  serve(lambda: step_times(steps), lambda: profile_torch(lambda n: sum(step_times(n)), steps), f"torch {torch.__version__}{' channels_last' if channels_last else ''}"
                                    f"{' autocast' if dtype == 'bfloat16' else ''}")
 
 
-def serve(round_times, name: str, **facts) -> None:
-  """A worker's loop: announce itself (with `facts`, e.g. the XLA flags it runs with), then time one
-  round per line read."""
+def serve(round_times, profile, name: str, **facts) -> None:
+  """A worker's loop: announce itself (with `facts`, e.g. the XLA flags it runs with), then for each
+  line read time one round ("go") or profile one (`step_profile`'s rows: "profile")."""
   print(json.dumps({"ready": name, **facts}), flush=True)
-  for _ in sys.stdin:
-    print(json.dumps({"times": round_times()}), flush=True)
+  for line in sys.stdin:
+    answer = {"profile": profile()} if line.strip() == "profile" else {"times": round_times()}
+    print(json.dumps(answer), flush=True)
 
 
 def start(kind: str, python: str, args: argparse.Namespace, channels_last: bool = False) -> tuple[subprocess.Popen, dict]:
@@ -102,6 +108,27 @@ def start(kind: str, python: str, args: argparse.Namespace, channels_last: bool 
     command.append("--channels_last")
   process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
   return process, json.loads(_line(process, kind))
+
+
+def ask(process: subprocess.Popen, kind: str, request: str) -> dict:
+  process.stdin.write(f"{request}\n")
+  process.stdin.flush()
+  return json.loads(_line(process, kind))
+
+
+def profile_table(profiles: dict[str, dict]) -> str:
+  """Milliseconds a step per row of `step_profile`, one column a worker, then each worker's longest ops."""
+  from resnet_jax.tools.step_profile import ROWS
+
+  names = list(profiles)
+  lines = ["where a step's time goes (ms a step, from each side's profiler over one round):",
+           f"  {'':<42}" + "".join(f"{name:>10}" for name in names)]
+  for row in ROWS:
+    lines.append(f"  {row:<42}" + "".join(f"{profiles[name]['rows'][row]:10.1f}" for name in names))
+  lines.append(f"  {'step (profiled)':<42}" + "".join(f"{profiles[name]['step_ms']:10.1f}" for name in names))
+  for name in names:
+    lines.append(f"  {name}'s longest: " + ", ".join(f"{op} {ms:.1f}" for op, _, ms in profiles[name]["top"][:6]))
+  return "\n".join(lines)
 
 
 def _line(process: subprocess.Popen, kind: str) -> str:
@@ -124,6 +151,8 @@ def main() -> None:
   parser.add_argument("--channels_last", action="store_true", help="also torch with channels_last tensors")
   parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                       help="bfloat16: our bfloat16 computation beside torch's autocast")
+  parser.add_argument("--profile", action="store_true",
+                      help="after the rounds, profile one round on each side and print where the time goes")
   parser.add_argument("--torch_python", default=sys.executable, help="an interpreter with torch")
   parser.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -144,14 +173,16 @@ def main() -> None:
   rates = {name: [] for name in workers}
   for round_number in range(1, args.rounds + 1):
     for name, (process, ready) in workers.items():
-      process.stdin.write("go\n")
-      process.stdin.flush()
-      times = json.loads(_line(process, name))["times"]
+      times = ask(process, name, "go")["times"]
       rates[name].append(args.batch / statistics.median(times))
       print(f"round {round_number}: {name:<8} {ready['ready']:<34} {rates[name][-1]:7.2f} images/s", flush=True)
+  profiles = {name: ask(process, name, "profile")["profile"] for name, (process, _) in workers.items()} \
+      if args.profile else {}
   for process, _ in workers.values():
     process.stdin.close()
     process.wait()
+  if profiles:
+    print(profile_table(profiles), flush=True)
   medians = {name: statistics.median(values) for name, values in rates.items()}
   ratios = {f"ours/{name}": medians["ours"] / medians[name] for name in workers if name != "ours"}
   print(f"ResNet-{args.depth}, batch {args.batch}, {args.image_size} px, {args.dtype}: "
@@ -160,7 +191,8 @@ def main() -> None:
   print(json.dumps({"depth": args.depth, "batch": args.batch, "image_size": args.image_size, "dtype": args.dtype,
                     "machine": machine,
                     "frameworks": {name: ready["ready"] for name, (_, ready) in workers.items()},
-                    "images_per_s": rates, "median": medians, "ratios": ratios}))
+                    "images_per_s": rates, "median": medians, "ratios": ratios,
+                    "profile": profiles}))
 
 
 if __name__ == "__main__":

@@ -97,11 +97,11 @@ def test_the_cpu_facts_are_read_from_cpuinfo(tmp_path, monkeypatch):
 def test_the_comparison_with_torch_states_its_machine_and_both_torch_layouts(dtype):
   """benchmarks/vs_torch.py at toy size: ours, torch NCHW and torch channels_last take turns (in
   bfloat16: ours computing in it, torch under autocast); the JSON states the machine (CPU, ISA, the
-  XLA flags our worker ran with) and both ratios."""
+  XLA flags our worker ran with) and both ratios; --profile splits each side's step into the same rows."""
   pytest.importorskip("torch")
   result = subprocess.run(
       [sys.executable, "benchmarks/vs_torch.py", "--depth=18", "--batch=2", "--image_size=32", "--steps=1",
-       "--warmup=0", "--rounds=1", "--channels_last", f"--dtype={dtype}"], cwd=ROOT, capture_output=True, text=True,
+       "--warmup=0", "--rounds=1", "--channels_last", f"--dtype={dtype}", "--profile"], cwd=ROOT, capture_output=True, text=True,
       timeout=400)
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -110,6 +110,11 @@ def test_the_comparison_with_torch_states_its_machine_and_both_torch_layouts(dty
   assert set(report["ratios"]) == {"ours/torch", "ours/torch_cl"}
   assert report["ratios"]["ours/torch"] == pytest.approx(report["median"]["ours"] / report["median"]["torch"])
   assert "ynn_fusion_type" in report["machine"]["xla_flags"] and report["machine"]["cpu"] in result.stdout
+  from resnet_jax.tools.step_profile import BACKWARD, FORWARD, ROWS
+  assert set(report["profile"]) == {"ours", "torch", "torch_cl"} and "where a step's time goes" in result.stdout
+  for profile in report["profile"].values():
+    assert set(profile["rows"]) == set(ROWS) and profile["rows"][FORWARD] > 0 and profile["rows"][BACKWARD] > 0
+    assert sum(profile["rows"].values()) == pytest.approx(profile["step_ms"], rel=1e-6)
 
 
 @pytest.mark.torch

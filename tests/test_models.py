@@ -18,6 +18,7 @@ from resnet_jax.models.blocks import (
     basic_branch,
     bottleneck_branch,
     conv_or_matmul,
+    matmul_1x1,
 )
 from resnet_jax.models.resnet import max_pool_3x3_stride_2
 from resnet_jax.models.summary import stage_rows
@@ -194,13 +195,28 @@ def test_one_by_one_convolutions_as_matmuls_give_the_convolutions_values_and_gra
   x, kernel = rng.standard_normal((2, 9, 7, 5), np.float32), rng.standard_normal((1, 1, 5, 6), np.float32)
   as_conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (stride, stride), "VALID",
                                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  as_matmul = lambda x, k: conv_or_matmul(x, k, (stride, stride), ((0, 0), (0, 0)),
-                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  as_matmul = lambda x, k: matmul_1x1(x, k, (stride, stride))
   np.testing.assert_allclose(as_matmul(x, kernel), as_conv(x, kernel), rtol=1e-5, atol=1e-5)
   weights = rng.standard_normal(as_conv(x, kernel).shape, np.float32)
   gradients = [jax.grad(lambda x, k: (f(x, k) * weights).sum(), (0, 1))(x, kernel) for f in (as_conv, as_matmul)]
   for a, b in zip(*gradients):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("flags, matmul", [({"avx2", "fma"}, True), ({"avx2", "avx512f"}, False)])
+def test_one_by_one_convolutions_run_as_matmuls_except_on_avx512_cpus(monkeypatch, flags, matmul):
+  from resnet_jax.models import blocks
+  from resnet_jax.tools import cpu
+
+  monkeypatch.setattr(cpu, "features", lambda: flags)
+  blocks.one_by_one_as_matmul.cache_clear()
+  try:
+    x, kernel = jnp.ones((2, 4, 4, 3)), jnp.ones((1, 1, 3, 5))
+    jaxpr = str(jax.make_jaxpr(lambda x, k: conv_or_matmul(x, k, (1, 1), ((0, 0), (0, 0)),
+                                                           dimension_numbers=("NHWC", "HWIO", "NHWC")))(x, kernel))
+    assert ("dot_general" in jaxpr, "conv_general_dilated" in jaxpr) == (matmul, not matmul)
+  finally:
+    blocks.one_by_one_as_matmul.cache_clear()
 
 
 @pytest.mark.parametrize("size", [(8, 8), (9, 6)])

@@ -5,6 +5,7 @@ is described by a list of `ConvSpec`s, so the basic and bottleneck blocks differ
 """
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -17,18 +18,38 @@ from flax import nnx
 HE_NORMAL = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def conv_or_matmul(inputs: jax.Array, kernel: jax.Array, strides, padding, **options) -> jax.Array:
-  """`lax.conv_general_dilated`, with an unpadded 1x1 kernel taken as the matrix product it is (after
-  striding): the same numbers, but XLA:CPU computes a 1x1 convolution's kernel gradient 4-8x slower
-  than the equal matmul's, and a bottleneck's convolutions are mostly 1x1. Kernels stay
-  (1, 1, in, out), so checkpoints and converted weights are unchanged."""
-  unpadded = padding == "VALID" or all(tuple(pair) == (0, 0) for pair in padding)
-  undilated = all(tuple(options.get(name) or (1, 1)) == (1, 1) for name in ("lhs_dilation", "rhs_dilation"))
-  if kernel.shape[:2] != (1, 1) or not unpadded or not undilated or options.get("feature_group_count", 1) != 1:
-    return jax.lax.conv_general_dilated(inputs, kernel, strides, padding, **options)
+@functools.cache
+def one_by_one_as_matmul() -> bool:
+  """Whether 1x1 convolutions run as matmuls here: everywhere but on a CPU with AVX-512.
+
+  On an AVX2 EPYC (jaxlib 0.12, measured before XLA's own convolutions replaced YNNPACK's) XLA:CPU computed a 1x1 convolution's
+  kernel gradient 4-8x slower than the equal matmul's, and ResNet-50 trained 1.39x faster with them
+  as matmuls; on an AVX-512 Xeon with XLA's own convolutions the convolution is the faster one
+  (ResNet-50 +8%, ResNet-18 +3.5%): `benchmarks/vs_torch.py --profile` shows the matmul's kernel
+  gradient transposing the whole output gradient first. Values agree to float32 rounding.
+  """
+  from resnet_jax.tools import cpu
+
+  return jax.default_backend() != "cpu" or "avx512f" not in cpu.features()
+
+
+def matmul_1x1(inputs: jax.Array, kernel: jax.Array, strides, **options) -> jax.Array:
+  """An unpadded 1x1 convolution as the matrix product it is (after striding), same numbers."""
   strided = inputs[:, ::strides[0], ::strides[1], :]
   return jax.lax.dot_general(strided, kernel[0, 0], (((3,), (0,)), ((), ())), precision=options.get("precision"),
                              preferred_element_type=options.get("preferred_element_type"))
+
+
+def conv_or_matmul(inputs: jax.Array, kernel: jax.Array, strides, padding, **options) -> jax.Array:
+  """`lax.conv_general_dilated`, with an unpadded 1x1 kernel taken as a matmul where that is faster
+  (`one_by_one_as_matmul`). Kernels stay (1, 1, in, out), so checkpoints and converted weights are
+  the same either way."""
+  unpadded = padding == "VALID" or all(tuple(pair) == (0, 0) for pair in padding)
+  undilated = all(tuple(options.get(name) or (1, 1)) == (1, 1) for name in ("lhs_dilation", "rhs_dilation"))
+  if (kernel.shape[:2] != (1, 1) or not unpadded or not undilated or options.get("feature_group_count", 1) != 1
+      or not one_by_one_as_matmul()):
+    return jax.lax.conv_general_dilated(inputs, kernel, strides, padding, **options)
+  return matmul_1x1(inputs, kernel, strides, **options)
 
 
 def blur(x: jax.Array) -> jax.Array:
