@@ -87,8 +87,9 @@ def torch_worker(depth: int, batch: int, size: int, steps: int, warmup: int, cha
     return times
 
   step_times(warmup)
-  serve(lambda: step_times(steps), lambda: profile_torch(lambda n: sum(step_times(n)), steps), f"torch {torch.__version__}{' channels_last' if channels_last else ''}"
-                                   f"{' autocast' if dtype == 'bfloat16' else ''}")
+  name = (f"torch {torch.__version__}" + (" channels_last" if channels_last else "")
+          + (" autocast" if dtype == "bfloat16" else ""))
+  serve(lambda: step_times(steps), lambda: profile_torch(lambda n: sum(step_times(n)), steps), name)
 
 
 def serve(round_times, profile, name: str, **facts) -> None:

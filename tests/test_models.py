@@ -203,6 +203,25 @@ def test_one_by_one_convolutions_as_matmuls_give_the_convolutions_values_and_gra
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("kernel_size, stride, padding", [(3, 1, 1), (3, 2, 1), (7, 2, 3), (1, 2, 0), (1, 1, 0)])
+def test_the_cpu_gradient_with_materialized_operands_is_the_plain_gradient(kernel_size, stride, padding):
+  """conv_or_matmul's custom gradient (optimization barriers before XLA:CPU's kernel-gradient
+  transposes) gives lax.conv's values and gradients, for 3x3, 7x7 and 1x1 layers, strided or not."""
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((2, 9, 8, 5), np.float32)
+  kernel = rng.standard_normal((kernel_size, kernel_size, 5, 6), np.float32)
+  options = dict(dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  pads = ((padding, padding), (padding, padding))
+  plain = lambda x, k: jax.lax.conv_general_dilated(x, k, (stride, stride), pads, **options)
+  ours = lambda x, k: conv_or_matmul(x, k, [stride, stride], [list(p) for p in pads], **options)
+  weights = rng.standard_normal(plain(x, kernel).shape, np.float32)
+  assert "optimization_barrier" in str(jax.make_jaxpr(jax.grad(lambda x, k: (ours(x, k) * weights).sum()))(x, kernel))
+  np.testing.assert_allclose(ours(x, kernel), plain(x, kernel), rtol=1e-5, atol=1e-5)
+  gradients = [jax.grad(lambda x, k: (jax.nn.relu(f(x, k)) * weights).sum(), (0, 1))(x, kernel) for f in (plain, ours)]
+  for a, b in zip(*gradients):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("flags, matmul", [({"avx2", "fma"}, True), ({"avx2", "avx512f"}, False)])
 def test_one_by_one_convolutions_run_as_matmuls_except_on_avx512_cpus(monkeypatch, flags, matmul):
   from resnet_jax.models import blocks

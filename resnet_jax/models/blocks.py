@@ -22,11 +22,11 @@ HE_NORMAL = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 def one_by_one_as_matmul() -> bool:
   """Whether 1x1 convolutions run as matmuls here: everywhere but on a CPU with AVX-512.
 
-  On an AVX2 EPYC (jaxlib 0.12, measured before XLA's own convolutions replaced YNNPACK's) XLA:CPU computed a 1x1 convolution's
-  kernel gradient 4-8x slower than the equal matmul's, and ResNet-50 trained 1.39x faster with them
-  as matmuls; on an AVX-512 Xeon with XLA's own convolutions the convolution is the faster one
-  (ResNet-50 +8%, ResNet-18 +3.5%): `benchmarks/vs_torch.py --profile` shows the matmul's kernel
-  gradient transposing the whole output gradient first. Values agree to float32 rounding.
+  On an AVX2 EPYC (jaxlib 0.12, measured before XLA's own convolutions replaced YNNPACK's) XLA:CPU
+  computed a 1x1 convolution's kernel gradient 4-8x slower than the equal matmul's, and ResNet-50
+  trained 1.39x faster with them as matmuls; on an AVX-512 Xeon with XLA's own convolutions the
+  convolution is the faster one (see the README's Performance section). Values agree to float32
+  rounding.
   """
   from resnet_jax.tools import cpu
 
@@ -40,16 +40,55 @@ def matmul_1x1(inputs: jax.Array, kernel: jax.Array, strides, **options) -> jax.
                              preferred_element_type=options.get("preferred_element_type"))
 
 
+class _Layer(NamedTuple):
+  """A convolution's static settings, hashable (lists made tuples) so a custom_vjp can hold them."""
+  as_matmul: bool
+  strides: tuple
+  padding: str | tuple
+  options: tuple
+
+  def apply(self, inputs: jax.Array, kernel: jax.Array) -> jax.Array:
+    if self.as_matmul:
+      return matmul_1x1(inputs, kernel, self.strides, **dict(self.options))
+    return jax.lax.conv_general_dilated(inputs, kernel, self.strides, self.padding, **dict(self.options))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _materialized_backward(inputs: jax.Array, kernel: jax.Array, layer: _Layer) -> jax.Array:
+  """`layer.apply` with its usual gradient, computed from an output gradient and a saved input that
+  are first materialized (optimization barriers). XLA:CPU computes a kernel gradient over transposed
+  copies of both; without the barriers it fuses the BN backward, the ReLU mask and the BN forward it
+  recomputes into those transposes, which then run in strided order. With them ResNet-50's step runs
+  1.35x and ResNet-18's 1.14x as fast on the AVX-512 Xeon, the same numbers."""
+  return layer.apply(inputs, kernel)
+
+
+def _forward(inputs: jax.Array, kernel: jax.Array, layer: _Layer):
+  return layer.apply(inputs, kernel), (inputs, kernel)
+
+
+def _backward(layer: _Layer, saved, output_gradient: jax.Array):
+  inputs, kernel = saved
+  inputs, output_gradient = jax.lax.optimization_barrier((inputs, output_gradient))
+  return jax.vjp(layer.apply, inputs, kernel)[1](output_gradient)
+
+
+_materialized_backward.defvjp(_forward, _backward)
+
+
 def conv_or_matmul(inputs: jax.Array, kernel: jax.Array, strides, padding, **options) -> jax.Array:
   """`lax.conv_general_dilated`, with an unpadded 1x1 kernel taken as a matmul where that is faster
-  (`one_by_one_as_matmul`). Kernels stay (1, 1, in, out), so checkpoints and converted weights are
-  the same either way."""
+  (`one_by_one_as_matmul`) and, on the CPU, the gradient of `_materialized_backward`. Kernels stay
+  (1, 1, in, out), so checkpoints and converted weights are the same either way."""
   unpadded = padding == "VALID" or all(tuple(pair) == (0, 0) for pair in padding)
   undilated = all(tuple(options.get(name) or (1, 1)) == (1, 1) for name in ("lhs_dilation", "rhs_dilation"))
-  if (kernel.shape[:2] != (1, 1) or not unpadded or not undilated or options.get("feature_group_count", 1) != 1
-      or not one_by_one_as_matmul()):
-    return jax.lax.conv_general_dilated(inputs, kernel, strides, padding, **options)
-  return matmul_1x1(inputs, kernel, strides, **options)
+  as_matmul = (kernel.shape[:2] == (1, 1) and unpadded and undilated and options.get("feature_group_count", 1) == 1
+               and one_by_one_as_matmul())
+  layer = _Layer(as_matmul, tuple(strides), padding if isinstance(padding, str) else tuple(map(tuple, padding)),
+                 tuple((name, tuple(value) if isinstance(value, list) else value) for name, value in options.items()))
+  if jax.default_backend() == "cpu":
+    return _materialized_backward(inputs, kernel, layer)
+  return layer.apply(inputs, kernel)
 
 
 def blur(x: jax.Array) -> jax.Array:
