@@ -177,8 +177,9 @@ def main() -> None:
       times = ask(process, name, "go")["times"]
       rates[name].append(args.batch / statistics.median(times))
       print(f"round {round_number}: {name:<8} {ready['ready']:<34} {rates[name][-1]:7.2f} images/s", flush=True)
-  profiles = {name: ask(process, name, "profile")["profile"] for name, (process, _) in workers.items()} \
-      if args.profile else {}
+  profiles = {}
+  if args.profile:
+    profiles = {name: ask(process, name, "profile")["profile"] for name, (process, _) in workers.items()}
   for process, _ in workers.values():
     process.stdin.close()
     process.wait()

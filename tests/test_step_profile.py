@@ -3,6 +3,7 @@ meets its own end, gradient convolutions are told from forward ones, and a real 
 to the step."""
 
 import re
+import time
 
 import jax
 import jax.numpy as jnp
@@ -55,7 +56,6 @@ def test_a_real_profile_fills_the_rows_and_adds_up_to_the_step():
   jax.block_until_ready(compiled(x, kernel))
 
   def run_steps(count: int) -> float:
-    import time
     start = time.perf_counter()
     for _ in range(count):
       jax.block_until_ready(compiled(x, kernel))

@@ -50,17 +50,18 @@ PEAK_TFLOPS = (
 )
 
 
-def peak_tflops(device: jax.Device, dtype: str) -> tuple[float, str]:
+def peak_tflops(device: jax.Device, dtype: str, machine: dict[str, Any] | None = None,
+                measured: float | None = None) -> tuple[float, str]:
   """The device's peak for `dtype` from the table; a CPU's float32 peak from its cores, clock and
-  vector width (tools/cpu.py); else a measured large-matmul rate."""
+  vector width (`machine`, tools/cpu.py's facts); else a large-matmul rate (`measured` if the
+  caller has one)."""
   for name, peaks in PEAK_TFLOPS:
     if name in device.device_kind:
       return peaks[dtype], f"{dtype} peak of {device.device_kind}"
-  if device.platform == "cpu" and dtype == "float32":
-    facts = cpu.cpu_facts()
-    if facts["peak_float32_tflops"]:
-      return facts["peak_float32_tflops"], cpu.peak_source(facts)
-  return measured_matmul_tflops(jnp.dtype(dtype)), f"measured {dtype} matmul rate of {device.device_kind}"
+  if machine and dtype == "float32" and machine["peak_float32_tflops"]:
+    return machine["peak_float32_tflops"], cpu.peak_source(machine)
+  rate = measured if measured is not None else measured_matmul_tflops(jnp.dtype(dtype))
+  return rate, f"measured {dtype} matmul rate of {device.device_kind}"
 
 
 def measured_matmul_tflops(dtype: jnp.dtype, size: int = 1024, repeats: int = 5) -> float:
@@ -183,7 +184,11 @@ def run(config: ml_collections.ConfigDict, steps: int, warmup: int, input_pipeli
   macs, _ = module_macs(build_model(experiment.model_config), jax.ShapeDtypeStruct(
       (1, size, size, experiment.model_config.input_channels), jnp.float32))
   device = jax.devices()[0]
-  peak, peak_source = peak_tflops(device, experiment.model_config.dtype)
+  dtype = experiment.model_config.dtype
+  machine = matmul = None
+  if device.platform == "cpu":  # the report states the machine and a measured matmul rate beside the peak
+    machine, matmul = cpu.cpu_facts(), measured_matmul_tflops(jnp.dtype(dtype))
+  peak, peak_source = peak_tflops(device, dtype, machine, matmul)
   achieved = xla_flops * images_per_s / devices / 1e12  # per device
   memory = device.memory_stats() or {}
   result = {
@@ -199,9 +204,8 @@ def run(config: ml_collections.ConfigDict, steps: int, warmup: int, input_pipeli
       "memory_bytes": memory.get("peak_bytes_in_use") or memory_estimate(compiled),
       "memory_source": "device peak" if memory.get("peak_bytes_in_use") else "compiled step's estimate",
   }
-  if device.platform == "cpu":
-    result["machine"] = cpu.cpu_facts()
-    result["matmul_tflops_measured"] = measured_matmul_tflops(jnp.dtype(experiment.model_config.dtype))
+  if machine:
+    result.update(machine=machine, matmul_tflops_measured=matmul)
   if input_pipeline:
     result.update(time_input(experiment, state, steps, warmup))
   return result
